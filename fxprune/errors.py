@@ -1,0 +1,29 @@
+"""Errors raised by fxprune. Every message names the thing, says why, and says how to fix it."""
+from __future__ import annotations
+
+
+class FxPruneError(Exception):
+    """Base class of every error fxprune raises on purpose."""
+
+
+class TraceError(FxPruneError):
+    """The model could not be turned into a torch.fx graph."""
+
+
+class UnsupportedOpError(FxPruneError):
+    """A graph node touches a channel dimension and no channel rule is registered for its target."""
+
+
+class PlanMismatchError(FxPruneError):
+    """A PruningPlan was applied to a model whose graph differs from the one the plan was made for."""
+
+
+class ExportParityError(FxPruneError):
+    """An exported model does not compute what the torch module computes."""
+
+
+class UnknownMethodError(FxPruneError, KeyError):
+    """No method backend is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,161 @@
+"""Model -> torch.fx GraphModule with shape metadata and per-node FLOPs.
+
+The tracer follows torch.fx's default leaf policy (modules of `torch.nn` are leaves) plus any module
+types the user names in `leaf_modules`. Shapes come from one forward pass under FakeTensorMode (no real
+compute; falls back to a real pass for ops fake tensors cannot run). FLOPs per node come from
+`torch.utils.flop_counter.FlopCounterMode`, so fxprune counts FLOPs exactly as PyTorch does.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import TraceError
+
+META_SHAPE = "fxprune_shape"  # tuple[int, ...] for tensor outputs, list of them for tuple outputs
+META_FLOPS = "fxprune_flops"
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Normalise `example_inputs` (a tensor or a tuple/list of tensors) to a tuple, or raise TypeError."""
+    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not isinstance(items, (tuple, list)) or not items:
+        raise TypeError(
+            f"example_inputs must be a torch.Tensor or a non-empty tuple of tensors, got "
+            f"{type(example_inputs).__name__}. Pass e.g. torch.randn(1, 3, 224, 224).")
+    for i, t in enumerate(items):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"example_inputs[{i}] is a {type(t).__name__}, not a torch.Tensor. fxprune traces the model "
+                f"with tensors only; pass non-tensor options through example_kwargs or bind them with "
+                f"functools.partial in a wrapper module.")
+    return tuple(items)
+
+
+class LeafTracer(fx.Tracer):
+    """fx.Tracer with a leaf-module policy; remembers which module it was inside when tracing fails."""
+
+    def __init__(self, leaf_modules: Sequence[type] = ()) -> None:
+        super().__init__()
+        self.leaf_types = tuple(leaf_modules)
+        self.fxprune_scope: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self.leaf_types and isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.fxprune_scope.append(self.path_of_module(m) or type(m).__name__)
+        out = super().call_module(m, forward, args, kwargs)
+        self.fxprune_scope.pop()
+        return out
+
+
+def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
+          example_kwargs: dict[str, Any] | None = None, copy_model: bool = True) -> fx.GraphModule:
+    """Trace `model` into a GraphModule annotated with shapes and FLOPs.
+
+    The model is deep-copied first (unless `copy_model=False`), so nothing done to the graph module
+    reaches the caller's model.
+
+    >>> import torch, torchvision, fxprune
+    >>> gm = fxprune.trace(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64))
+    >>> gm.graph.find_nodes(op="placeholder")[0].meta["fxprune_shape"]
+    (1, 3, 64, 64)
+    """
+    inputs = as_input_tuple(example_inputs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    root = copy.deepcopy(model) if copy_model else model
+    tracer = LeafTracer(leaf_modules)
+    try:
+        graph = tracer.trace(root)
+    except Exception as exc:  # noqa: BLE001 -- any tracing failure becomes a TraceError
+        raise _trace_error(model, tracer, exc) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    propagate_shapes(gm, inputs, example_kwargs or {})
+    return gm
+
+
+def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceError:
+    where = tracer.fxprune_scope[-1] if tracer.fxprune_scope else ""
+    sub = model.get_submodule(where) if where else model
+    cls = type(sub).__name__
+    place = f"submodule '{where}' ({cls})" if where else f"model {cls}"
+    return TraceError(
+        f"torch.fx could not trace {place}: {type(exc).__name__}: {exc}. This usually means data-dependent "
+        f"control flow (an `if` on a tensor value) or an untraceable call. Fix: treat it as an opaque leaf, "
+        f"e.g. fxprune.prune(model, x, leaf_modules=({cls},)) -- its channels are then kept -- or make its "
+        f"forward traceable.")
+
+
+class _ShapeRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
+        super().__init__(gm)
+        self.counter = counter
+
+    def run_node(self, n: fx.Node) -> Any:
+        before = self.counter.get_total_flops()
+        out = super().run_node(n)
+        n.meta[META_FLOPS] = self.counter.get_total_flops() - before
+        n.meta[META_SHAPE] = _shape_of(out)
+        n.meta["fxprune_dtype"] = out.dtype if isinstance(out, torch.Tensor) else None
+        return out
+
+
+def _shape_of(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return tuple(int(s) for s in value.shape)
+    if isinstance(value, (tuple, list)):
+        return [_shape_of(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shape_of(v) for k, v in value.items()}
+    if isinstance(value, torch.Size):
+        return None
+    return None
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], kwargs: dict[str, Any]) -> None:
+    """Record output shapes and FLOPs on every node (FakeTensorMode first, a real pass as fallback)."""
+    args = _bind_inputs(gm, inputs, kwargs)
+    try:
+        _run_recorder(gm, args, fake=True)
+    except Exception:  # noqa: BLE001 -- fake tensors cannot run every op; a real pass always can
+        _run_recorder(gm, args, fake=False)
+
+
+def _run_recorder(gm: fx.GraphModule, args: list[Any], fake: bool) -> None:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad():
+        if fake:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with mode, counter:
+                _ShapeRecorder(gm, counter).run(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                  for a in args])
+        else:
+            with counter:
+                _ShapeRecorder(gm, counter).run(*args)
+
+
+def _bind_inputs(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], kwargs: dict[str, Any]) -> list[Any]:
+    placeholders = gm.graph.find_nodes(op="placeholder") if hasattr(gm.graph, "find_nodes") else [
+        n for n in gm.graph.nodes if n.op == "placeholder"]
+    args: list[Any] = list(inputs)
+    for ph in placeholders[len(inputs):]:
+        if ph.target in kwargs:
+            args.append(kwargs[ph.target])
+        elif ph.args:
+            args.append(ph.args[0])
+        else:
+            raise TypeError(f"the model's forward needs an input '{ph.target}' that example_inputs does not give; "
+                            f"pass it positionally or in example_kwargs.")
+    return args

@@ -1,0 +1,163 @@
+"""Plain-data records of the public API: channel groups, plans, reports, results."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ChannelSlot:
+    """One tensor dimension that carries a group's channels: a node output or a parameter, along `dim`."""
+
+    kind: str  # "node" | "param"
+    name: str  # node name or parameter qualname
+    dim: int
+    role: str = "pass"  # "producer" | "consumer" | "pass"
+
+    def __str__(self) -> str:
+        return f"{self.name}[dim {self.dim}]" + (f" ({self.role})" if self.role != "pass" else "")
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be kept or removed together, with the graph places that carry them."""
+
+    id: int
+    size: int
+    members: list[ChannelSlot]
+    frozen: dict[int, str] = field(default_factory=dict)  # channel index -> why it is always kept
+    origin: str = ""
+
+    @property
+    def prunable(self) -> bool:
+        return self.size - len(self.frozen) > 0 and self.size > 1
+
+    @property
+    def producers(self) -> list[ChannelSlot]:
+        return [m for m in self.members if m.role == "producer"]
+
+    @property
+    def consumers(self) -> list[ChannelSlot]:
+        return [m for m in self.members if m.role == "consumer"]
+
+    def __str__(self) -> str:
+        frozen = f", {len(self.frozen)} frozen ({next(iter(self.frozen.values()))})" if self.frozen else ""
+        head = f"ChannelGroup #{self.id}: {self.size} channels from {self.origin}{frozen}"
+        prod = ", ".join(str(m.name) for m in self.producers[:6])
+        cons = ", ".join(str(m.name) for m in self.consumers[:6])
+        return f"{head}\n  producers: {prod or '-'}\n  consumers: {cons or '-'}\n  members: {len(self.members)}"
+
+    __repr__ = __str__
+
+
+@dataclass
+class GroupDecision:
+    """Which channels of one group a plan keeps (indices into the group's channel order)."""
+
+    id: int
+    size: int
+    keep: list[int]
+
+
+@dataclass
+class PruningPlan:
+    """What to keep, as data: JSON round-trips, can be reviewed, saved and re-applied.
+
+    >>> plan = PruningPlan(groups=[GroupDecision(0, 4, [0, 2])], graph_signature="abc")
+    >>> PruningPlan.from_json(plan.to_json()) == plan
+    True
+    """
+
+    groups: list[GroupDecision]
+    graph_signature: str
+    method: str = "l1"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    round_to: int = 1
+    library_version: str = ""
+    format: int = PLAN_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        data = dict(data)
+        data["groups"] = [GroupDecision(**g) for g in data.get("groups", [])]
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        return cls.from_json(Path(path).read_text())
+
+    def keep_of(self, group_id: int) -> list[int]:
+        return self.groups[group_id].keep
+
+
+@dataclass
+class Report:
+    """FLOPs and params before and after, and each group's width; printable."""
+
+    flops_before: int
+    flops_after: int
+    params_before: int
+    params_after: int
+    widths: list[tuple[int, int, int, str]]  # (group id, size, kept, origin)
+    frozen: list[tuple[int, str]] = field(default_factory=list)  # (group id, reason)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.flops_after / max(self.flops_before, 1)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / max(self.params_before, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "flops_ratio": self.flops_ratio, "params_ratio": self.params_ratio}
+
+    def __str__(self) -> str:
+        lines = [
+            f"FLOPs  {self.flops_before / 1e6:12.2f} M -> {self.flops_after / 1e6:12.2f} M  ({self.flops_ratio:.3f})",
+            f"params {self.params_before / 1e6:12.3f} M -> {self.params_after / 1e6:12.3f} M  ({self.params_ratio:.3f})",
+            f"{'group':>5} {'width':>12}  origin",
+        ]
+        for gid, size, kept, origin in self.widths:
+            lines.append(f"{gid:>5} {size:>5} -> {kept:<5} {origin}")
+        for gid, reason in self.frozen:
+            lines.append(f"frozen group {gid}: {reason}")
+        return "\n".join(lines)
+
+
+@dataclass
+class PruneResult:
+    """What `fxprune.prune` returns: the slim module, the plan that made it and a report."""
+
+    model: nn.Module
+    plan: PruningPlan
+    report: Report
+
+    def __iter__(self):  # allows `model, plan, report = fxprune.prune(...)`
+        return iter((self.model, self.plan, self.report))
+
+
+def signature_of(parts: list[str]) -> str:
+    """A short stable hash of the analysed graph's structure."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
