@@ -81,6 +81,8 @@ class PruningPlan:
     method_options: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     round_to: int = 1
+    strict: bool = True
+    achieved: dict[str, float] = field(default_factory=dict)
     library_version: str = ""
     format: int = PLAN_FORMAT
 

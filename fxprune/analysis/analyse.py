@@ -1,0 +1,159 @@
+"""The analysis pass: propagate channel labels through the graph, then read off the channel groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+from torch.utils._pytree import tree_flatten
+
+from ..errors import UnsupportedOpError
+from ..types import ChannelGroup, ChannelSlot, signature_of
+from .atoms import UNIT
+from .context import Analysis
+from .labels import Labels
+from .registry import describe_target, registration_hint, rule_for_node
+
+
+@dataclass
+class GraphAnalysis:
+    """Everything later stages need: the pass's state, the groups, and each group's channel atoms."""
+
+    analysis: Analysis
+    groups: list[ChannelGroup]
+    roots: list[list[int]]  # group id -> its channel atoms (free roots), in channel order
+    signature: str
+
+    def alive_fn(self, keep: dict[int, list[int]]):
+        """A function atom -> bool for a keep decision {group id: kept channel indices}."""
+        table = self.analysis.table
+        alive_roots = {r for gid, idx in keep.items() for r in (self.roots[gid][i] for i in idx)}
+        decided = {r for gid in keep for r in self.roots[gid]}
+        cache: dict[int, bool] = {}
+
+        def alive(atom: int) -> bool:
+            if atom == UNIT:
+                return True
+            if atom not in cache:
+                leaves = table.leaves(atom)
+                cache[atom] = all(r in alive_roots or r not in decided for r in leaves)
+            return cache[atom]
+        return alive
+
+
+def run_analysis(gm: fx.GraphModule, strict: bool = True) -> GraphAnalysis:
+    """Propagate labels node by node, freeze what reaches the outputs, and build the groups."""
+    a = Analysis(gm, strict)
+    for node in gm.graph.nodes:
+        a.values[node.name] = _propagate(a, node)
+    _freeze_outputs(a)
+    groups, roots = _build_groups(a)
+    return GraphAnalysis(a, groups, roots, _signature(gm, groups))
+
+
+def _propagate(a: Analysis, node: fx.Node) -> Any:
+    if node.op in ("placeholder", "output"):
+        return None
+    if node.op == "get_attr":
+        return _get_attr_labels(a, node)
+    rule = rule_for_node(node, a.modules)
+    labelled = [v for v in _input_labels(a, node) if v]
+    if rule is not None:
+        return rule.propagate(a, node)
+    if not labelled:
+        return None
+    if a.strict:
+        raise UnsupportedOpError(
+            f"node '{node.name}' ({describe_target(node, a.modules)}) receives channels but fxprune has no rule "
+            f"for it, so it cannot tell which channels it mixes. Register one with "
+            f"{registration_hint(node, a.modules)}, mark its module as a leaf, or pass strict=False to keep "
+            f"(freeze) every channel that reaches it.")
+    for lab in labelled:
+        a.freeze(lab, node, f"no channel rule for {describe_target(node, a.modules)} (strict=False)")
+    return None
+
+
+def _input_labels(a: Analysis, node: fx.Node) -> list[Labels | None]:
+    flat, _ = tree_flatten((node.args, node.kwargs))
+    out: list[Labels | None] = []
+    for x in flat:
+        if isinstance(x, fx.Node):
+            v = a.values.get(x.name)
+            out.extend(v if isinstance(v, (list, tuple)) else [v])
+    return [v for v in out if isinstance(v, Labels)]
+
+
+def _get_attr_labels(a: Analysis, node: fx.Node) -> Labels | None:
+    shape = a.shape(node)
+    if shape is None:
+        return None
+    dims = {d: a.param_atoms(node.target, d, s) for d, s in enumerate(shape) if s > 1}
+    return Labels(shape, dims)
+
+
+def _freeze_outputs(a: Analysis) -> None:
+    for node in a.gm.graph.find_nodes(op="output") if hasattr(a.gm.graph, "find_nodes") else [
+            n for n in a.gm.graph.nodes if n.op == "output"]:
+        for lab in _input_labels(a, node):
+            a.freeze(lab, node, "reaches the network output (output channels are never pruned)")
+
+
+def _all_slots(a: Analysis):
+    for name, v in a.values.items():
+        for i, lab in enumerate(v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(lab, Labels):
+                suffix = f"[{i}]" if isinstance(v, (list, tuple)) else ""
+                for d, arr in lab.dims.items():
+                    yield ChannelSlot("node", name + suffix, d), arr
+    for q, per in a.params.items():
+        for d, arr in per.items():
+            yield ChannelSlot("param", q, d, a.roles.get((q, d), "pass")), arr
+
+
+def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]]]:
+    table = a.table
+    by_key: dict[int, set[int]] = {}
+    slot_keys: list[tuple[ChannelSlot, set[int]]] = []
+    leaf_cache: dict[int, tuple[int, ...]] = {}
+    for slot, arr in _all_slots(a):
+        keys: set[int] = set()
+        for atom in np.unique(arr).tolist():
+            if atom == UNIT:
+                continue
+            root = table.find(atom)
+            if root not in leaf_cache:
+                leaf_cache[root] = table.leaves(root)
+            for leaf in leaf_cache[root]:
+                k = table.group_key(leaf)
+                by_key.setdefault(k, set()).add(leaf)
+                keys.add(k)
+        slot_keys.append((slot, keys))
+    first_space: dict[int, int] = {}
+    for sid in range(len(table.spaces)):
+        first_space.setdefault(table.space_root(sid), sid)
+    order = sorted(by_key, key=lambda k: first_space[k])
+    index = {k: i for i, k in enumerate(order)}
+    groups, roots = [], []
+    for k in order:
+        rs = sorted(by_key[k])
+        frozen = {i: table.frozen[r] for i, r in enumerate(rs) if r in table.frozen}
+        origin = table.spaces[first_space[k]].origin
+        groups.append(ChannelGroup(index[k], len(rs), [], frozen, origin))
+        roots.append(rs)
+    for slot, keys in slot_keys:
+        for k in keys:
+            groups[index[k]].members.append(slot)
+    return groups, roots
+
+
+def _signature(gm: fx.GraphModule, groups: list[ChannelGroup]) -> str:
+    parts = [f"{n.op}:{_target_name(n.target)}:{n.meta.get('fxprune_shape')}" for n in gm.graph.nodes]
+    parts += [f"group:{g.size}" for g in groups]
+    return signature_of(parts)
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', getattr(target, '__name__', ''))}"

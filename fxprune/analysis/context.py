@@ -1,0 +1,111 @@
+"""The state one analysis pass builds: atom table, labels per node, parameter labels, mask sites."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch.fx as fx
+from torch import nn
+
+from ..trace import META_SHAPE
+from .atoms import UNIT, AtomTable
+from .labels import Labels
+
+
+@dataclass(frozen=True)
+class MaskSite:
+    """Where the masked model multiplies a tensor by a group's mask: input `arg` of `node`, along `dim`."""
+
+    node: str
+    arg: int
+    dim: int
+
+
+@dataclass
+class Analysis:
+    gm: fx.GraphModule
+    strict: bool = True
+    table: AtomTable = field(default_factory=AtomTable)
+    values: dict[str, Any] = field(default_factory=dict)  # node name -> Labels | list | None
+    params: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    roles: dict[tuple[str, int], str] = field(default_factory=dict)
+    mask_sites: list[MaskSite] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # node name -> why its channels were frozen
+    node_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule-specific facts for rewrite
+
+    def __post_init__(self) -> None:
+        self.modules: dict[str, nn.Module] = dict(self.gm.named_modules())
+
+    # -- reading ----------------------------------------------------------------------------
+    def labels(self, arg: Any) -> Labels | None:
+        if isinstance(arg, fx.Node):
+            v = self.values.get(arg.name)
+            return v if isinstance(v, Labels) else None
+        return None
+
+    def shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        s = node.meta.get(META_SHAPE)
+        return s if isinstance(s, tuple) else None
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.modules[node.target]
+
+    # -- writing ----------------------------------------------------------------------------
+    def fresh(self, size: int, origin: str) -> np.ndarray:
+        return self.table.new_space(size, origin)
+
+    def bind_param(self, qualname: str, dim: int, atoms: np.ndarray | None, role: str = "pass") -> None:
+        """Say that `qualname` along `dim` carries `atoms` (unifying if the parameter is shared)."""
+        if atoms is None or not self._has_tensor(qualname):
+            return
+        per = self.params.setdefault(qualname, {})
+        if dim in per:
+            self.table.unify_arrays(per[dim], atoms)
+        else:
+            per[dim] = atoms
+        self.roles.setdefault((qualname, dim), role)
+
+    def _has_tensor(self, qualname: str) -> bool:
+        owner, _, name = qualname.rpartition(".")
+        mod = self.modules.get(owner)
+        return mod is not None and getattr(mod, name, None) is not None
+
+    def param_atoms(self, qualname: str, dim: int, size: int) -> np.ndarray:
+        per = self.params.setdefault(qualname, {})
+        if dim not in per:
+            per[dim] = self.fresh(size, f"{qualname}[dim {dim}]")
+        return per[dim]
+
+    def consume(self, node: fx.Node, arg: int, dim: int) -> None:
+        self.mask_sites.append(MaskSite(node.name, arg, dim))
+
+    def freeze(self, labels: Labels | None, node: fx.Node, reason: str) -> None:
+        if not labels:
+            return
+        for arr in labels.dims.values():
+            self.table.freeze_array(arr, reason)
+        self.notes.setdefault(node.name, reason)
+
+    def freeze_dims_except(self, labels: Labels | None, keep: set[int], node: fx.Node, what: str) -> None:
+        """Freeze labelled dims an op mixes in ways it does not track (e.g. a conv over token labels)."""
+        if not labels:
+            return
+        for d, arr in labels.dims.items():
+            if d not in keep:
+                self.table.freeze_array(arr, f"{what} mixes dimension {d}")
+                self.notes.setdefault(node.name, f"{what} mixes dimension {d}")
+
+    def bind_products(self, atoms: np.ndarray, factors: list[np.ndarray]) -> None:
+        """Position i (row-major over the factors' sizes) of `atoms` is the product of one atom per factor."""
+        grids = np.meshgrid(*factors, indexing="ij")
+        flat = [g.reshape(-1) for g in grids]
+        for i, a in enumerate(atoms.tolist()):
+            self.table.bind_product(a, tuple(int(f[i]) for f in flat))
+
+    def product_atoms(self, factors: list[np.ndarray], origin: str) -> np.ndarray:
+        size = int(np.prod([len(f) for f in factors]))
+        out = self.fresh(size, origin)
+        if size > 1:
+            self.bind_products(out, factors)
+        return out if size > 1 else np.full((size,), UNIT, dtype=np.int64)

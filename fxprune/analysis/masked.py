@@ -1,0 +1,92 @@
+"""Functions the masked model calls: the mask itself, and mask-aware versions of channel-counting ops.
+
+A plain multiply by 0/1 is enough in front of ops that sum over channels (conv, linear, matmul). Ops
+whose result depends on *how many* channels there are (layer_norm, group_norm) instead compute their
+statistics over the kept channels only, so that the masked model computes what the slim model does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+
+@fx.wrap
+def apply_mask(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Multiply `x` by a 0/1 (or soft) `mask` laid along dimension `dim`."""
+    shape = [1] * x.dim()
+    shape[dim] = mask.numel()
+    return x * mask.reshape(shape).to(x.dtype)
+
+
+@fx.wrap
+def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None,
+                      bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """layer_norm over the last dim, with mean and variance taken over the kept positions only."""
+    m = mask.to(x.dtype)
+    n = m.sum().clamp_min(1)
+    mean = (x * m).sum(-1, keepdim=True) / n
+    var = (((x - mean) * m) ** 2).sum(-1, keepdim=True) / n
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y * m
+
+
+@fx.wrap
+def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
+                      bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """group_norm whose per-group statistics use the kept channels of each group only."""
+    n, c = x.shape[:2]
+    xs = x.reshape(n, num_groups, c // num_groups, -1)
+    m = mask.to(x.dtype).reshape(1, num_groups, c // num_groups, 1)
+    cnt = (m.sum(2, keepdim=True) * xs.shape[-1]).clamp_min(1)
+    mean = (xs * m).sum((2, 3), keepdim=True) / cnt
+    var = (((xs - mean) * m) ** 2).sum((2, 3), keepdim=True) / cnt
+    y = ((xs - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    shape = [1, c] + [1] * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y * mask.to(x.dtype).reshape(shape)
+
+
+def _param(graph: fx.Graph, node: fx.Node, module: torch.nn.Module, name: str) -> fx.Node | None:
+    return graph.get_attr(f"{node.target}.{name}") if getattr(module, name, None) is not None else None
+
+
+def build_masked_layer_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
+                                   mask: fx.Node) -> fx.Node:
+    """Replacement node for `call_module(LayerNorm)` in the masked model."""
+    w, b = _param(graph, node, module, "weight"), _param(graph, node, module, "bias")
+    return graph.call_function(masked_layer_norm, (node.args[0], mask, w, b, module.eps))
+
+
+def build_masked_group_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
+                                   mask: fx.Node) -> fx.Node:
+    w, b = _param(graph, node, module, "weight"), _param(graph, node, module, "bias")
+    return graph.call_function(masked_group_norm, (node.args[0], mask, module.num_groups, w, b, module.eps))
+
+
+def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node) -> fx.Node:
+    """Replacement for `F.layer_norm(x, shape, weight, bias, eps)` in the masked model."""
+    args = list(node.args) + [None] * (5 - len(node.args))
+    w = node.kwargs.get("weight", args[2])
+    b = node.kwargs.get("bias", args[3])
+    eps = node.kwargs.get("eps", args[4] if args[4] is not None else 1e-5)
+    return graph.call_function(masked_layer_norm, (node.args[0], mask, w, b, eps))
+
+
+def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node) -> fx.Node:
+    args = list(node.args) + [None] * (5 - len(node.args))
+    g = node.kwargs.get("num_groups", args[1])
+    w = node.kwargs.get("weight", args[2])
+    b = node.kwargs.get("bias", args[3])
+    eps = node.kwargs.get("eps", args[4] if args[4] is not None else 1e-5)
+    return graph.call_function(masked_group_norm, (node.args[0], mask, g, w, b, eps))
+
+
+__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "F"]

@@ -1,0 +1,188 @@
+"""Channel rules for tensor functions and methods: element-wise math, cat/split/slicing, reshapes,
+permutes, matmul, reductions. Each rule that depends on channel counts also rewrites its constants."""
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .common import arg, channelwise, nothing, passthrough, pointwise, reshape_labels
+from .context import Analysis
+from .labels import Labels
+from .masked import build_masked_group_norm_fn, build_masked_layer_norm_fn
+from .registry import method_key as M
+from .registry import register_rule
+
+# --- element-wise -----------------------------------------------------------------------------
+_POINTWISE_FUNCS = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow, operator.neg,
+    operator.iadd, operator.imul, operator.isub, operator.itruediv, operator.mod, operator.abs,
+    torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.pow, torch.neg, torch.abs, torch.exp,
+    torch.log, torch.sqrt, torch.rsqrt, torch.sigmoid, torch.tanh, torch.relu, torch.clamp, torch.clip,
+    torch.where, torch.maximum, torch.minimum, torch.sin, torch.cos, torch.erf, torch.square, torch.reciprocal,
+    torch.zeros_like, torch.ones_like, torch.full_like, torch.lerp, torch.addcmul, torch.sign,
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.mish,
+    F.softplus, F.hardtanh, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.logsigmoid, F.relu_, F.celu,
+]
+_POINTWISE_METHODS = [
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "sigmoid_", "tanh",
+    "clamp", "clamp_", "clamp_min", "clip", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "pow", "contiguous",
+    "float", "half", "bfloat16", "double", "to", "type", "type_as", "clone", "detach", "cpu", "cuda", "square",
+    "sign", "masked_fill", "where", "reciprocal", "exp_", "sin", "cos", "requires_grad_", "gelu", "silu",
+]
+register_rule(*_POINTWISE_FUNCS, *[M(m) for m in _POINTWISE_METHODS])(pointwise)
+register_rule(builtins.getattr, M("size"), M("dim"), M("numel"), M("new_zeros"), M("new_ones"), M("new_empty"),
+              M("new_full"), M("new_tensor"), torch._assert, M("item"), M("tolist"), M("data_ptr"),
+              torch.numel, builtins.len, M("element_size"), M("get_device"))(nothing)
+
+try:  # torchvision's fx-wrapped helpers
+    from torchvision.ops.stochastic_depth import stochastic_depth
+    from torchvision.utils import _log_api_usage_once  # noqa: F401
+
+    register_rule(stochastic_depth)(lambda a, node: passthrough(a, node))
+except ImportError:  # pragma: no cover - torchvision is a dependency
+    pass
+try:
+    from torchvision.models._utils import _make_divisible  # noqa: F401
+    import torchvision
+
+    register_rule(torchvision._assert if hasattr(torchvision, "_assert") else torch._assert)(nothing)
+except Exception:  # pragma: no cover
+    pass
+
+# --- pooling / resampling / padding ----------------------------------------------------------
+register_rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
+              F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+              F.interpolate, F.upsample, F.lp_pool2d)(lambda a, node: channelwise(a, node, 1))
+
+
+@register_rule(F.pad, torch.roll, M("roll"), torch.flip, M("flip"))
+def spatial_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    """pad/roll/flip: fine on dims they do not touch; channels on a padded or rolled dim are frozen."""
+    return passthrough(a, node)
+
+
+# --- reductions --------------------------------------------------------------------------------
+def _reduced_dims(node: fx.Node, ndim: int) -> list[int] | None:
+    dims = arg(node, 1, "dim")
+    if dims is None:
+        return None
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return [d % ndim for d in dims]
+
+
+@register_rule(torch.mean, torch.sum, torch.amax, torch.amin, M("mean"), M("sum"), M("amax"), M("amin"),
+               torch.std, torch.var, M("std"), M("var"), torch.logsumexp, M("logsumexp"), torch.norm, M("norm"))
+def reduce_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    lab, out_shape = a.labels(node.args[0]), a.shape(node)
+    if not lab or out_shape is None:
+        return Labels(out_shape) if out_shape is not None else None
+    reduced = _reduced_dims(node, lab.ndim)
+    reduced = list(range(lab.ndim)) if reduced is None else reduced
+    keepdim = bool(arg(node, 2, "keepdim", False))
+    dims: dict[int, np.ndarray] = {}
+    for d, arr in lab.dims.items():
+        if d in reduced:
+            a.table.freeze_array(arr, "reduced over by mean/sum/norm")
+            continue
+        nd = d if keepdim else d - sum(1 for r in reduced if r < d)
+        dims[nd] = arr
+    return Labels(out_shape, dims)
+
+
+@register_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, M("softmax"), M("log_softmax"))
+def softmax_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    lab, dim = a.labels(node.args[0]), arg(node, 1, "dim")
+    if lab and dim is not None and lab.get(dim) is not None:
+        a.table.freeze_array(lab.get(dim), "softmax over a channel dimension")
+    return passthrough(a, node)
+
+
+# --- permutes ------------------------------------------------------------------------------------
+def _permuted(a: Analysis, node: fx.Node, perm: list[int]) -> Labels | None:
+    lab, out_shape = a.labels(node.args[0]), a.shape(node)
+    if not lab:
+        return Labels(out_shape)
+    perm = [p % lab.ndim for p in perm]
+    return Labels(out_shape, {k: lab.dims[p] for k, p in enumerate(perm) if p in lab.dims})
+
+
+@register_rule(torch.permute, M("permute"))
+def permute_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    dims = node.args[1:] if len(node.args) > 2 else arg(node, 1, "dims")
+    return _permuted(a, node, list(dims))
+
+
+@register_rule(torch.transpose, M("transpose"), torch.swapaxes, M("swapaxes"), torch.swapdims, M("swapdims"))
+def transpose_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    lab = a.labels(node.args[0])
+    ndim = len(a.shape(node))
+    d0, d1 = arg(node, 1, "dim0") % ndim, arg(node, 2, "dim1") % ndim
+    perm = list(range(ndim))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return _permuted(a, node, perm) if lab else Labels(a.shape(node))
+
+
+@register_rule(M("t"), torch.t)
+def t_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    return _permuted(a, node, [1, 0]) if len(a.shape(node)) == 2 else passthrough(a, node)
+
+
+# --- reshapes ------------------------------------------------------------------------------------
+def _size_args(node: fx.Node) -> tuple[list[Any], int] | None:
+    """The size list of view/reshape/expand and where it sits: (sizes, start index in node.args)."""
+    if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
+        return list(node.args[1]), -1
+    if "shape" in node.kwargs or "size" in node.kwargs:
+        return None
+    return list(node.args[1:]), 1
+
+
+def rewrite_sizes(ctx, node: fx.Node) -> None:
+    """Write the new channel counts into int constants of a view/reshape/expand size list."""
+    found = _size_args(node)
+    lab = ctx.labels(node)
+    if found is None or not lab:
+        return
+    sizes, where = found
+    for d, arr in lab.dims.items():
+        if d < len(sizes) and isinstance(sizes[d], int) and sizes[d] not in (-1,):
+            sizes[d] = ctx.alive_count(arr)
+    node.args = (node.args[0], tuple(sizes)) if where == -1 else (node.args[0], *sizes)
+
+
+@register_rule(M("view"), M("reshape"), torch.reshape, rewrite=rewrite_sizes)
+def view_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    return reshape_labels(a, node, a.labels(node.args[0]), a.shape(node))
+
+
+@register_rule(torch.flatten, M("flatten"), M("unflatten"), torch.unflatten, M("squeeze"), torch.squeeze,
+               M("unsqueeze"), torch.unsqueeze, M("view_as"), M("reshape_as"), rewrite=None)
+def flatten_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    return reshape_labels(a, node, a.labels(node.args[0]), a.shape(node))
+
+
+@register_rule(M("expand"), M("repeat"), rewrite=rewrite_sizes)
+def expand_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    lab, out_shape = a.labels(node.args[0]), a.shape(node)
+    if not lab:
+        return Labels(out_shape)
+    off = len(out_shape) - lab.ndim
+    dims = {}
+    for d, arr in lab.dims.items():
+        if out_shape[d + off] == lab.shape[d]:
+            dims[d + off] = arr
+        else:
+            a.table.freeze_array(arr, "tiled by repeat")
+    return Labels(out_shape, dims)
+
+
+@register_rule(M("expand_as"))
+def expand_as_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    return pointwise(a, node)

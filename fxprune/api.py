@@ -1,0 +1,154 @@
+"""The one-call verbs: trace, analyse, prune, apply_masks / remove_masks, apply_plan."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import analysis as _analysis  # noqa: F401  (registers the op rules)
+from .analysis.analyse import GraphAnalysis, run_analysis
+from .cost import CostModel, count_params
+from .errors import PlanMismatchError
+from .masks import insert_masks, strip_masks
+from .methods import get_method
+from .methods.registry import ScoreInput
+from .rewrite.rewriter import rewrite
+from .select import Budget, select
+from .trace import META_FLOPS, as_input_tuple, propagate_shapes, trace
+from .types import ChannelGroup, GroupDecision, PruneResult, PruningPlan, Report
+
+__version__ = "0.1.0"
+
+
+def _prepare(model: nn.Module, example_inputs: Any, strict: bool, leaf_modules: Sequence[type],
+             example_kwargs: dict | None, copy_model: bool = True) -> tuple[fx.GraphModule, GraphAnalysis]:
+    gm = trace(model, example_inputs, leaf_modules=leaf_modules, example_kwargs=example_kwargs,
+               copy_model=copy_model)
+    return gm, run_analysis(gm, strict=strict)
+
+
+def analyse(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_modules: Sequence[type] = (),
+            example_kwargs: dict | None = None) -> list[ChannelGroup]:
+    """Trace `model` and return its channel groups (channels that must be pruned together).
+
+    >>> import torch, torchvision, fxprune
+    >>> groups = fxprune.analyse(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64))
+    >>> [g.size for g in groups][:3]
+    [64, 64, 64]
+    """
+    return _prepare(model, example_inputs, strict, leaf_modules, example_kwargs)[1].groups
+
+
+def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: float | None = None,
+          flops: float | None = None, params: float | None = None, round_to: int = 1, ignore: Iterable = (),
+          inplace: bool = False, strict: bool = True, leaf_modules: Sequence[type] = (),
+          example_kwargs: dict | None = None, **method_options: Any) -> PruneResult:
+    """Prune `model` to a budget and return the slim GraphModule, the plan and a report.
+
+    Exactly one budget: `ratio` (fraction of every group's channels removed), `flops` or `params`
+    (fraction of the dense model's FLOPs / params kept, selected globally across groups).
+
+    >>> import torch, torchvision, fxprune
+    >>> x = torch.randn(1, 3, 64, 64)
+    >>> res = fxprune.prune(torchvision.models.resnet18(weights=None).eval(), x, flops=0.5)
+    >>> res.report.flops_ratio <= 0.5 and res.model(x).shape == (1, 1000)
+    True
+    """
+    budget = Budget.from_options(ratio, flops, params)
+    backend = get_method(method)
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive int, got {round_to!r}.")
+    inputs = as_input_tuple(example_inputs)
+    gm, ga = _prepare(model, inputs, strict, leaf_modules, example_kwargs, copy_model=not inplace)
+    cost = CostModel.build(gm, ga)
+    scores = backend.score(ScoreInput(gm, ga, inputs, dict(method_options)))
+    keep = select(ga, scores, budget, cost, round_to, _ignored_groups(gm, ga, ignore))
+    plan = _make_plan(ga, keep, method, method_options, budget, round_to, strict)
+    dense_flops, dense_params = _dense_counts(gm), count_params(gm)
+    rewrite(gm, ga, keep)
+    propagate_shapes(gm, inputs, example_kwargs or {})
+    report = _report(ga, plan, dense_flops, dense_params, gm)
+    plan.achieved = {"flops": report.flops_ratio, "params": report.params_ratio}
+    return PruneResult(gm, plan, report)
+
+
+def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, leaf_modules: Sequence[type] = (),
+               example_kwargs: dict | None = None, inplace: bool = False) -> fx.GraphModule:
+    """Rebuild the slim model of `plan` on a freshly constructed `model` (same architecture)."""
+    gm, ga = _prepare(model, example_inputs, plan.strict, leaf_modules, example_kwargs, copy_model=not inplace)
+    rewrite(gm, ga, _check_plan(ga, plan))
+    return gm
+
+
+def apply_masks(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, soft: bool = False,
+                leaf_modules: Sequence[type] = (), example_kwargs: dict | None = None) -> fx.GraphModule:
+    """The same architecture with the plan's masks written into the graph (nothing removed)."""
+    gm, ga = _prepare(model, example_inputs, plan.strict, leaf_modules, example_kwargs)
+    insert_masks(gm, ga, _check_plan(ga, plan), soft=soft)
+    return gm
+
+
+def remove_masks(masked: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `masked` with every mask node taken out again (the original computation)."""
+    return strip_masks(copy.deepcopy(masked))
+
+
+def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> dict[int, list[int]]:
+    if plan.graph_signature != ga.signature or len(plan.groups) != len(ga.groups):
+        raise PlanMismatchError(
+            f"this plan was made for a different graph (plan signature {plan.graph_signature}, "
+            f"{len(plan.groups)} groups; this model: {ga.signature}, {len(ga.groups)} groups). Build the same "
+            f"architecture with the same input shape (and leaf_modules) the plan was made with, or prune this "
+            f"model anew with fxprune.prune.")
+    for d in plan.groups:
+        g = ga.groups[d.id]
+        if d.size != g.size or any(not 0 <= i < g.size for i in d.keep) or not d.keep:
+            raise PlanMismatchError(f"plan group {d.id} has size {d.size} and keeps {len(d.keep)} channels, but "
+                                    f"this model's group {d.id} has {g.size} channels; the plan does not fit.")
+    return {d.id: list(d.keep) for d in plan.groups if len(d.keep) < d.size}
+
+
+def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, options: dict, budget: Budget,
+               round_to: int, strict: bool) -> PruningPlan:
+    decisions = [GroupDecision(g.id, g.size, list(keep.get(g.id, range(g.size)))) for g in ga.groups]
+    opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    return PruningPlan(decisions, ga.signature, method, opts, {"kind": budget.kind, "value": budget.value},
+                       round_to, strict, library_version=__version__)
+
+
+def _ignored_groups(gm: fx.GraphModule, ga: GraphAnalysis, ignore: Iterable) -> set[int]:
+    names = {n for n, m in gm.named_modules()}
+    out: set[int] = set()
+    prefixes = []
+    for item in ignore:
+        if isinstance(item, int):
+            out.add(item)
+        elif isinstance(item, str):
+            if item not in names:
+                raise ValueError(f"ignore: no module named '{item}' in the model; names look like "
+                                 f"{', '.join(sorted(names - {''})[:5])}, ...")
+            prefixes.append(item + ".")
+        else:
+            raise TypeError(f"ignore takes module names (str) or group ids (int), got {type(item).__name__}.")
+    for g in ga.groups:
+        if any(m.kind == "param" and m.name.startswith(tuple(prefixes)) for m in g.members) and prefixes:
+            out.add(g.id)
+    return out
+
+
+def _dense_counts(gm: fx.GraphModule) -> int:
+    return int(sum(n.meta.get(META_FLOPS, 0) or 0 for n in gm.graph.nodes))
+
+
+def _report(ga: GraphAnalysis, plan: PruningPlan, dense_flops: int, dense_params: int,
+            slim: fx.GraphModule) -> Report:
+    widths = [(d.id, d.size, len(d.keep), ga.groups[d.id].origin) for d in plan.groups]
+    frozen = [(g.id, next(iter(g.frozen.values()))) for g in ga.groups if g.frozen and len(g.frozen) == g.size]
+    return Report(dense_flops, _dense_counts(slim), dense_params, count_params(slim), widths, frozen)
+
+
+__all__ = ["analyse", "apply_masks", "apply_plan", "prune", "remove_masks", "trace", "torch"]

@@ -1,0 +1,102 @@
+"""FLOPs and parameter counts as functions of a keep decision, for budget selection.
+
+Dense FLOPs per node come from torch.utils.flop_counter (recorded by the tracer). A node's FLOPs after
+pruning are its dense FLOPs times the kept fraction of each channel dimension of its iteration space:
+the dims of its weight for convs and linears, otherwise its labelled output dims and the channels it
+contracts. Parameters scale with the kept fraction of each labelled dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .analysis.analyse import GraphAnalysis
+from .rewrite.context import RewriteContext
+from .trace import META_FLOPS, as_input_tuple
+
+
+@dataclass
+class CostModel:
+    """Linear-in-fractions FLOPs and params model of one analysed graph."""
+
+    flop_terms: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
+    param_terms: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
+    fixed_params: int = 0
+
+    @classmethod
+    def build(cls, gm: fx.GraphModule, ga: GraphAnalysis) -> CostModel:
+        model = cls()
+        a = ga.analysis
+        sites: dict[str, list[np.ndarray]] = {}
+        for s in a.mask_sites:
+            node = next(n for n in gm.graph.nodes if n.name == s.node)
+            lab = a.labels(node.args[s.arg])
+            if lab and lab.get(s.dim) is not None:
+                sites.setdefault(s.node, []).append(lab.get(s.dim))
+        for node in gm.graph.nodes:
+            flops = int(node.meta.get(META_FLOPS, 0) or 0)
+            if flops:
+                model.flop_terms.append((flops, _iteration_dims(a, node, sites)))
+        labelled = set(a.params)
+        for name, p in _all_tensors(gm):
+            if name in labelled:
+                model.param_terms.append((p.numel(), list(a.params[name].values())))
+            elif isinstance(p, nn.Parameter):
+                model.fixed_params += p.numel()
+        return model
+
+    def flops(self, ctx: RewriteContext | None) -> float:
+        return sum(f * _fraction(ctx, arrs) for f, arrs in self.flop_terms)
+
+    def params(self, ctx: RewriteContext | None) -> float:
+        terms = sum(n * _fraction(ctx, arrs) for n, arrs in self.param_terms if n)
+        return self.fixed_params + terms
+
+
+def _fraction(ctx: RewriteContext | None, arrs: list[np.ndarray]) -> float:
+    if ctx is None:
+        return 1.0
+    out = 1.0
+    for arr in arrs:
+        out *= ctx.alive_fraction(arr)
+    return out
+
+
+def _iteration_dims(a, node: fx.Node, sites: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
+    if node.op == "call_module" and f"{node.target}.weight" in a.params:
+        return list(a.params[f"{node.target}.weight"].values())
+    out = a.values.get(node.name)
+    arrs = list(out.dims.values()) if hasattr(out, "dims") else []
+    return arrs + sites.get(node.name, [])
+
+
+def _all_tensors(gm: nn.Module):
+    seen: set[int] = set()
+    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if id(t) not in seen and isinstance(t, nn.Parameter):
+            seen.add(id(t))
+            yield name, t
+
+
+def count_flops(module: nn.Module, example_inputs) -> int:
+    """FLOPs of one forward pass as torch.utils.flop_counter counts them (2 per multiply-add).
+
+    >>> import torch
+    >>> count_flops(torch.nn.Linear(4, 3), torch.randn(2, 4))
+    48
+    """
+    inputs = as_input_tuple(example_inputs)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters (shared ones counted once)."""
+    return sum(p.numel() for p in module.parameters())

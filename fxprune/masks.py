@@ -1,0 +1,103 @@
+"""Write a plan's masks into the graph as nodes (no channel removed), and take them out again.
+
+Masks sit at the consumers: the tensor entering every conv/linear/matmul/norm that reads a group's
+channels is multiplied by the group's 0/1 mask (norms switch to mask-aware statistics). Then the masked
+model computes exactly what the slim model computes. Learned methods put soft masks in the same places.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .analysis.analyse import GraphAnalysis
+from .analysis.masked import apply_mask
+from .analysis.registry import rule_for_node
+from .rewrite.context import RewriteContext
+
+MASK_PREFIX = "fxprune_mask_"
+ORIGINAL = "fxprune_original"
+
+
+def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]],
+                 soft: bool = False) -> dict[str, torch.Tensor]:
+    """Insert one mask per consumer input that loses channels; returns {buffer name: mask}.
+
+    With `soft=True` every consumer input gets a mask (all ones where nothing is removed) registered as a
+    parameter, so learned methods can train them.
+    """
+    ctx = RewriteContext(ga, keep)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    modules = dict(gm.named_modules())
+    masks: dict[str, torch.Tensor] = {}
+    for i, site in enumerate(ga.analysis.mask_sites):
+        node = nodes[site.node]
+        src = node.args[site.arg]
+        lab = ctx.labels(src)
+        arr = lab.get(site.dim) if lab else None
+        if arr is None:
+            continue
+        keep_mask = ctx.keep_mask(arr)
+        if keep_mask.all() and not soft:
+            continue
+        name = f"{MASK_PREFIX}{i}"
+        value = torch.as_tensor(keep_mask, dtype=torch.float32)
+        _register(gm, name, value, soft)
+        masks[name] = value
+        with gm.graph.inserting_before(node):
+            mask_node = gm.graph.get_attr(name)
+            rule = rule_for_node(node, modules)
+            if rule is not None and rule.masked is not None:
+                _replace_with_masked(gm, node, rule, modules, mask_node)
+            else:
+                masked = gm.graph.call_function(apply_mask, (src, mask_node, lab.norm(site.dim)))
+                node.replace_input_with(src, masked) if site.arg == 0 else _replace_arg(node, site.arg, masked)
+    gm.graph.lint()
+    gm.recompile()
+    return masks
+
+
+def _register(gm: fx.GraphModule, name: str, value: torch.Tensor, soft: bool) -> None:
+    if soft:
+        gm.register_parameter(name, torch.nn.Parameter(value))
+    else:
+        gm.register_buffer(name, value)
+
+
+def _replace_arg(node: fx.Node, index: int, new: fx.Node) -> None:
+    args = list(node.args)
+    args[index] = new
+    node.args = tuple(args)
+
+
+def _replace_with_masked(gm: fx.GraphModule, node: fx.Node, rule, modules, mask_node: fx.Node) -> None:
+    module = modules.get(node.target) if node.op == "call_module" else None
+    new = rule.masked(gm.graph, node, module, mask_node)
+    new.meta[ORIGINAL] = (node.op, node.target, node.args, node.kwargs)
+    new.meta.update({k: v for k, v in node.meta.items() if k.startswith("fxprune_") and k != ORIGINAL})
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def strip_masks(gm: fx.GraphModule) -> fx.GraphModule:
+    """Remove every mask node (and restore mask-aware norms to the original ops), in place."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is apply_mask:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        elif ORIGINAL in node.meta:
+            op, target, args, kwargs = node.meta[ORIGINAL]
+            with gm.graph.inserting_before(node):
+                orig = gm.graph.create_node(op, target, args, kwargs)
+            node.replace_all_uses_with(orig)
+            gm.graph.erase_node(node)
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and str(node.target).startswith(MASK_PREFIX) and not node.users:
+            gm.graph.erase_node(node)
+    for name in [n for n, _ in gm.named_buffers() if n.startswith(MASK_PREFIX)]:
+        delattr(gm, name)
+    for name in [n for n, _ in gm.named_parameters() if n.startswith(MASK_PREFIX)]:
+        delattr(gm, name)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
