@@ -7,17 +7,11 @@ True
 from .analysis import register_rule, method_key
 from .api import __version__, analyse, apply_masks, apply_plan, prune, remove_masks
 from .cost import count_flops, count_params
+from .export import export
 from .errors import ExportParityError, FxPruneError, PlanMismatchError, TraceError, UnsupportedOpError
 from .methods import list_methods, register_method
 from .trace import trace
 from .types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, PruningPlan, Report
-
-
-def export(module, example_inputs, path, **kwargs):
-    """Export `module` by suffix (.onnx, .pt TorchScript, .pt2 torch.export) and check parity (lazy import)."""
-    from .export import export as _export
-
-    return _export(module, example_inputs, path, **kwargs)
 
 
 __all__ = [

@@ -246,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except SystemExit as e:  # argparse: --help (0) and bad usage (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BrokenPipeError:  # `fxprune analyse ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except UsageError as e:
         print(f"error: {e}\n(see fxprune --help)", file=sys.stderr)
         return 2

@@ -97,9 +97,47 @@ def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostMo
     return keep_at(thresholds[min(lo, len(thresholds) - 1)] if lo < len(thresholds) else np.inf)
 
 
+def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.ndarray]) -> dict[int, list[int]]:
+    """Give back channels where a decision would leave some tensor with no channel at all.
+
+    Groups are chosen independently, but a position made of several factors (a conv-group x channel, a
+    head x head-dim) dies when any factor dies, so a tensor can lose every position. For each such tensor,
+    the factors of its best surviving candidate are restored.
+    """
+    where = {r: (gid, i) for gid, roots in enumerate(ga.roots) for i, r in enumerate(roots)}
+    table = ga.analysis.table
+    arrays = _distinct_arrays(ga)
+    for _ in range(16):
+        ctx = RewriteContext(ga, keep)
+        empty = [arr for arr in arrays if len(arr) and ctx.alive_count(arr) == 0]
+        if not empty:
+            return keep
+        for arr in empty:
+            for leaf in table.leaves(int(arr[0])):
+                gid, i = where[leaf]
+                if gid in keep and i not in keep[gid]:
+                    keep[gid] = sorted(keep[gid] + [i])
+    return keep
+
+
+def _distinct_arrays(ga: GraphAnalysis) -> list[np.ndarray]:
+    seen: set[int] = set()
+    out = []
+    values = list(ga.analysis.values.values())
+    for v in values:
+        for lab in v if isinstance(v, (list, tuple)) else [v]:
+            for arr in getattr(lab, "dims", {}).values():
+                if id(arr) not in seen:
+                    seen.add(id(arr))
+                    out.append(arr)
+    return out
+
+
 def select(ga: GraphAnalysis, scores: dict[int, np.ndarray], budget: Budget, cost: CostModel, round_to: int = 1,
            ignore: set[int] | None = None) -> dict[int, list[int]]:
     ignore = ignore or set()
     if budget.kind == "ratio":
-        return select_ratio(ga, scores, budget.value, round_to, ignore)
-    return select_global(ga, scores, cost, budget.kind, budget.value, round_to, ignore)
+        keep = select_ratio(ga, scores, budget.value, round_to, ignore)
+    else:
+        keep = select_global(ga, scores, cost, budget.kind, budget.value, round_to, ignore)
+    return repair(ga, keep, scores)

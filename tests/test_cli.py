@@ -1,0 +1,290 @@
+"""The `fxprune` console script: parsing, error paths and exit codes (fakes), plus one real end-to-end run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune import cli
+from fxprune.errors import FxPruneError
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """Make every MODEL load a tiny module (the spec is still checked), so faked commands run fast."""
+    real = cli.load_model
+    loaded = []
+
+    def fake_load(spec):
+        kind, _, name = spec.partition(":")
+        if kind != "torchvision" or not name:
+            return real(spec)
+        loaded.append(spec)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+
+    monkeypatch.setattr(cli, "load_model", fake_load)
+    return loaded
+
+
+class FakePlan:
+    def __init__(self):
+        self.saved = []
+
+    def save(self, path):
+        Path(path).write_text(json.dumps({"groups": []}))
+        self.saved.append(Path(path))
+
+
+class FakeReport:
+    flops_ratio = 0.5
+    params_ratio = 0.6
+
+    def __str__(self):
+        return "FAKE REPORT"
+
+    def to_dict(self):
+        return {"flops_ratio": self.flops_ratio, "params_ratio": self.params_ratio}
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    calls = {}
+
+    def prune(model, x, **kw):
+        calls["prune"] = (model, tuple(x.shape), kw)
+        return SimpleNamespace(model=model, plan=FakePlan(), report=FakeReport())
+
+    def export(module, x, path):
+        calls.setdefault("export", []).append(Path(path))
+        Path(path).write_bytes(b"fake")
+
+    def apply_plan(model, x, plan):
+        calls["apply_plan"] = (model, tuple(x.shape), plan)
+        return model
+
+    monkeypatch.setattr(fxprune, "prune", prune, raising=False)
+    monkeypatch.setattr(fxprune, "export", export, raising=False)
+    monkeypatch.setattr(fxprune, "apply_plan", apply_plan, raising=False)
+    monkeypatch.setattr(fxprune, "PruningPlan", SimpleNamespace(load=lambda p: ("plan", str(p))), raising=False)
+    monkeypatch.setattr(fxprune, "list_methods", lambda: ["l1", "random"], raising=False)
+    return calls
+
+
+# ----------------------------------------------------------------------------- usage and help
+
+
+def test_help_exits_0_and_shows_examples(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    assert "examples:" in out and "fxprune prune torchvision:resnet50" in out
+    for name in cli.COMMANDS:
+        assert name in out
+
+
+def test_subcommand_help_shows_examples(capsys):
+    code, out, _ = run_cli(capsys, "prune", "--help")
+    assert code == 0
+    assert "--flops" in out and "--round-to" in out and "examples:" in out
+
+
+def test_no_command_is_usage_error(capsys):
+    code, _, err = run_cli(capsys)
+    assert code == 2
+    assert "COMMAND" in err or "required" in err
+
+
+@pytest.mark.parametrize("spec", ["resnet18", "timm:resnet18", "torchvision:", "hub:foo/bar"])
+def test_unknown_model_spec_exits_2_naming_accepted_forms(capsys, spec):
+    code, out, err = run_cli(capsys, "analyse", spec)
+    assert code == 2
+    assert repr(spec) in err and "torchvision:NAME" in err
+    assert out == ""
+
+
+def test_unknown_torchvision_name_exits_2(capsys):
+    code, _, err = run_cli(capsys, "analyse", "torchvision:no_such_net")
+    assert code == 2
+    assert "no_such_net" in err and "list_models" in err
+
+
+@pytest.mark.parametrize("size", ["3,a,224", "0,224,224", "", "x"])
+def test_bad_input_size_exits_2(capsys, size):
+    code, _, err = run_cli(capsys, "analyse", "torchvision:resnet18", "--input-size", size)
+    assert code == 2
+    assert "input size" in err
+
+
+def test_parse_input_size_forms():
+    assert cli.parse_input_size("3,64,64") == (3, 64, 64)
+    assert cli.parse_input_size("3x64x48") == (3, 64, 48)
+    assert cli.parse_input_size("16") == (16,)
+
+
+def test_prune_requires_exactly_one_budget(capsys, tmp_path):
+    assert run_cli(capsys, "prune", "torchvision:resnet18", "--out", str(tmp_path))[0] == 2
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--params", "0.5",
+                           "--out", str(tmp_path))
+    assert code == 2 and "not allowed with" in err
+
+
+def test_prune_requires_out(capsys):
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5")
+    assert code == 2 and "--out" in err
+
+
+def test_default_input_sizes():
+    assert cli.example_input("torchvision:resnet18", None).shape == (1, 3, 224, 224)
+    assert cli.example_input("torchvision:inception_v3", None).shape == (1, 3, 299, 299)
+    assert cli.example_input("torchvision:inception_v3", (3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_commands_registry_is_complete():
+    assert set(cli.COMMANDS) == {"analyse", "prune", "export", "methods", "demo"}
+
+
+# ----------------------------------------------------------------------------- commands against a faked API
+
+
+def test_analyse_prints_table_and_json(capsys, monkeypatch, tiny_model):
+    groups = [SimpleNamespace(id=0, size=64, frozen={}, origin="conv1", members=["a", "b"]),
+              SimpleNamespace(id=1, size=1000, frozen={i: "model output" for i in range(1000)}, origin="fc",
+                              members=["c"])]
+    seen = {}
+
+    def analyse(model, x, **kw):
+        seen["shape"] = tuple(x.shape)
+        return groups
+
+    monkeypatch.setattr(fxprune, "analyse", analyse, raising=False)
+    code, out, _ = run_cli(capsys, "analyse", "torchvision:resnet18", "--input-size", "3,32,32")
+    assert code == 0 and seen["shape"] == (1, 3, 32, 32)
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "size", "#frozen", "origin"]
+    assert lines[1].split() == ["0", "64", "0", "conv1"]
+    assert lines[2].split() == ["1", "1000", "1000", "fc"]
+    assert "2 channel groups" in out
+
+    code, out, _ = run_cli(capsys, "analyse", "torchvision:resnet18", "--json")
+    rows = json.loads(out)
+    assert code == 0 and rows[1]["size"] == 1000 and rows[1]["frozen"]["0"] == "model output"
+    assert rows[0]["members"] == ["a", "b"]
+
+
+def test_prune_writes_files_and_passes_budget(capsys, tmp_path, fake_api, tiny_model):
+    out_dir = tmp_path / "r"
+    code, out, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--method", "random", "--params", "0.4",
+                           "--round-to", "8", "--input-size", "3,32,32", "--out", str(out_dir))
+    assert code == 0
+    _, shape, kw = fake_api["prune"]
+    assert shape == (1, 3, 32, 32)
+    assert kw == {"method": "random", "round_to": 8, "params": 0.4}
+    for name in ("plan.json", "report.txt", "report.json", "slim.onnx"):
+        assert (out_dir / name).exists(), name
+    assert (out_dir / "report.txt").read_text().strip() == "FAKE REPORT"
+    assert json.loads((out_dir / "report.json").read_text())["flops_ratio"] == 0.5
+    assert "FAKE REPORT" in out and "slim.onnx" in out
+
+
+def test_prune_json_output(capsys, tmp_path, fake_api, tiny_model):
+    code, out, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--out", str(tmp_path),
+                           "--json")
+    data = json.loads(out)
+    assert code == 0 and data["report"]["flops_ratio"] == 0.5 and data["files"]["plan"].endswith("plan.json")
+
+
+def test_fxprune_errors_exit_1_with_message(capsys, monkeypatch, tmp_path, fake_api, tiny_model):
+    def refuse(*a, **kw):
+        raise FxPruneError("group #3 cannot be pruned: because reasons")
+
+    monkeypatch.setattr(fxprune, "prune", refuse)
+    code, out, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--out", str(tmp_path))
+    assert code == 1
+    assert err.startswith("error: group #3 cannot be pruned")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("exc", [ValueError("flops must be in (0, 1]"), TypeError("bad input")])
+def test_value_and_type_errors_exit_1(capsys, monkeypatch, tmp_path, fake_api, tiny_model, exc):
+    def refuse(*a, **kw):
+        raise exc
+
+    monkeypatch.setattr(fxprune, "prune", refuse)
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "2", "--out", str(tmp_path))
+    assert code == 1 and err.startswith("error: ") and str(exc) in err
+
+
+def test_export_rebuilds_from_plan(capsys, tmp_path, fake_api, tiny_model):
+    plan = tmp_path / "plan.json"
+    code, out, _ = run_cli(capsys, "export", "torchvision:resnet18", "--plan", str(plan), "--format", "pt2",
+                           "--out", str(tmp_path / "slim"))
+    assert code == 0
+    assert fake_api["apply_plan"][2] == ("plan", str(plan))
+    assert fake_api["export"] == [tmp_path / "slim.pt2"]
+    assert "slim.pt2" in out
+
+
+def test_export_format_from_suffix_and_mismatch(capsys, tmp_path, fake_api, tiny_model):
+    plan = str(tmp_path / "plan.json")
+    assert run_cli(capsys, "export", "torchvision:resnet18", "--plan", plan, "--out", str(tmp_path / "m.onnx"))[0] == 0
+    assert fake_api["export"][-1] == tmp_path / "m.onnx"
+    code, _, err = run_cli(capsys, "export", "torchvision:resnet18", "--plan", plan, "--format", "onnx",
+                           "--out", str(tmp_path / "m.pt"))
+    assert code == 2 and "--format onnx" in err
+    code, _, err = run_cli(capsys, "export", "torchvision:resnet18", "--plan", plan, "--out", str(tmp_path / "m"))
+    assert code == 2 and "--format" in err
+    assert run_cli(capsys, "export", "torchvision:resnet18", "--plan", plan, "--format", "bogus",
+                   "--out", str(tmp_path / "m.onnx"))[0] == 2
+
+
+def test_methods_lists_names(capsys, fake_api):
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0 and out.split() == ["l1", "random"]
+
+
+def test_demo_uses_resnet18_half_flops(capsys, tmp_path, fake_api, tiny_model):
+    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
+    assert code == 0
+    assert tiny_model == ["torchvision:resnet18"]
+    _, shape, kw = fake_api["prune"]
+    assert shape == (1, 3, 224, 224) and kw == {"method": "l1", "round_to": 1, "flops": 0.5}
+    assert (tmp_path / "demo" / "plan.json").exists() and (tmp_path / "demo" / "slim.onnx").exists()
+    assert str(tmp_path / "demo") in out
+
+
+def test_fxprune_debug_reraises(capsys, monkeypatch, tmp_path, fake_api, tiny_model):
+    def refuse(*a, **kw):
+        raise FxPruneError("nope")
+
+    monkeypatch.setattr(fxprune, "prune", refuse)
+    monkeypatch.setenv("FXPRUNE_DEBUG", "1")
+    with pytest.raises(FxPruneError, match="nope"):
+        cli.main(["prune", "torchvision:resnet18", "--flops", "0.5", "--out", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------- real end to end
+
+
+@pytest.mark.skipif(not hasattr(fxprune, "prune"), reason="fxprune.prune (api.py) not landed yet")
+def test_prune_resnet18_end_to_end(capsys, tmp_path):
+    torch.manual_seed(0)
+    code, out, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--input-size", "3,64,64",
+                             "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    assert (tmp_path / "plan.json").exists() and (tmp_path / "slim.onnx").exists()
+    assert (tmp_path / "report.txt").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["flops_ratio"] <= 0.5
+    assert json.loads(out)["report"]["flops_ratio"] == report["flops_ratio"]
+    plan = fxprune.PruningPlan.load(tmp_path / "plan.json")
+    assert plan.groups
