@@ -695,11 +695,13 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
         recs = {lib: {r["model"]: r for r in data["records"] if r["set"] == set_name and r["lib"] == lib}
                 for lib in LIB_RUNNERS}
         models = [(m, s) for m, s in info["models"]]
+        ran = [(m, s) for m, s in models if any(m in recs[lib] for lib in recs)]
         excl = ", ".join(f"{e['model']} ({e['gmacs']:.1f})" for e in info["excluded"])
         lines += [f"## Set `{set_name}`: {len(models)} models <= {info['max_gmacs']} GMACs", "",
                   f"Excluded (GMACs at the default input size, FlopCounterMode FLOPs / 2): {excl or 'none'}.", ""]
         lines += summary_lines(set_name, recs, len(models))
-        lines += ["### Per model", ""] + table_lines(recs, info["gmacs"], models) + [""]
+        lines += ["### Per model", "", f"{len(ran)} of {len(models)} selected models have results.", ""]
+        lines += table_lines(recs, info["gmacs"], ran) + [""]
     path.write_text("\n".join(lines))
 
 
@@ -731,7 +733,7 @@ def sweep(args: argparse.Namespace) -> None:
                 spent[lib] += rec.process_s or 0.0
                 merge_record(data, rec)
                 save_results(json_path, data)
-                print(f"[{i}/{len(wanted)}] {name:22s} {lib:8s} {rec.status:8s} wall {rec.wall_s or 0:6.1f}s "
+                print(f"[{i}/{len(wanted)}] {name:22s} {lib:8s} {rec.status:8s} {rec.process_s or 0:6.1f}s "
                       f"B4 {_fmt(rec.analysis_s)}s flops {_fmt(rec.flops_ratio)}  {rec.error[:90]}", flush=True)
     for lib in libs:
         envs[lib].update(models_run=len(wanted), sweep_wall_s=round(spent[lib], 1))

@@ -33,9 +33,10 @@ class CostModel:
         model = cls()
         a = ga.analysis
         sites: dict[str, list[np.ndarray]] = {}
+        nodes = {n.name: n for n in gm.graph.nodes}
         for s in a.mask_sites:
-            node = next(n for n in gm.graph.nodes if n.name == s.node)
-            lab = a.labels(node.args[s.arg])
+            node = nodes[s.node]
+            lab = a.labels(s.source(node))
             if lab and lab.get(s.dim) is not None:
                 sites.setdefault(s.node, []).append(lab.get(s.dim))
         for node in gm.graph.nodes:

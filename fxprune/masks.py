@@ -26,34 +26,51 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
     parameter, so learned methods can train them.
     """
     ctx = RewriteContext(ga, keep)
-    nodes = {n.name: n for n in gm.graph.nodes}
     modules = dict(gm.named_modules())
     masks: dict[str, torch.Tensor] = {}
-    for i, site in enumerate(ga.analysis.mask_sites):
+    replaced: set[str] = set()
+    for i, (node, site, dim, keep_mask, variant) in enumerate(_mask_plan(gm, ga, ctx, modules, soft)):
+        if node.name in replaced:
+            continue
+
+        def make_mask(keep_mask=keep_mask, i=i) -> fx.Node:
+            name = f"{MASK_PREFIX}{i}_{len(masks)}"
+            value = torch.as_tensor(keep_mask, dtype=torch.float32)
+            _register(gm, name, value, soft)
+            masks[name] = value
+            return gm.graph.get_attr(name)
+
+        with gm.graph.inserting_before(node):
+            mask_node = make_mask()
+            if variant is not None:
+                maker = lambda arr: make_mask(ctx.keep_mask(arr))  # noqa: E731
+                replaced.add(node.name)
+                _replace_with_masked(gm, node, variant, modules, mask_node, maker)
+            else:
+                masked = gm.graph.call_function(apply_mask, (site.source(node), mask_node, dim))
+                _replace_arg(node, site.arg, masked)
+    gm.graph.lint()
+    gm.recompile()
+    return masks
+
+
+def _mask_plan(gm: fx.GraphModule, ga: GraphAnalysis, ctx: RewriteContext, modules, soft: bool):
+    """Every (node, site, dim, keep mask, masked variant) to write, read off before the graph changes."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out = []
+    for site in ga.analysis.mask_sites:
         node = nodes[site.node]
-        src = node.args[site.arg]
-        lab = ctx.labels(src)
+        lab = ctx.labels(site.source(node))
         arr = lab.get(site.dim) if lab else None
         if arr is None:
             continue
         keep_mask = ctx.keep_mask(arr)
-        if keep_mask.all() and not soft:
+        rule = rule_for_node(node, modules)
+        variant = rule if rule is not None and rule.masked is not None else None
+        if keep_mask.all() and not soft and variant is None:
             continue
-        name = f"{MASK_PREFIX}{i}"
-        value = torch.as_tensor(keep_mask, dtype=torch.float32)
-        _register(gm, name, value, soft)
-        masks[name] = value
-        with gm.graph.inserting_before(node):
-            mask_node = gm.graph.get_attr(name)
-            rule = rule_for_node(node, modules)
-            if rule is not None and rule.masked is not None:
-                _replace_with_masked(gm, node, rule, modules, mask_node)
-            else:
-                masked = gm.graph.call_function(apply_mask, (src, mask_node, lab.norm(site.dim)))
-                node.replace_input_with(src, masked) if site.arg == 0 else _replace_arg(node, site.arg, masked)
-    gm.graph.lint()
-    gm.recompile()
-    return masks
+        out.append((node, site, lab.norm(site.dim), keep_mask, variant))
+    return out
 
 
 def _register(gm: fx.GraphModule, name: str, value: torch.Tensor, soft: bool) -> None:
@@ -63,15 +80,18 @@ def _register(gm: fx.GraphModule, name: str, value: torch.Tensor, soft: bool) ->
         gm.register_buffer(name, value)
 
 
-def _replace_arg(node: fx.Node, index: int, new: fx.Node) -> None:
+def _replace_arg(node: fx.Node, index: int | str, new: fx.Node) -> None:
+    if isinstance(index, str):
+        node.kwargs = {**node.kwargs, index: new}
+        return
     args = list(node.args)
     args[index] = new
     node.args = tuple(args)
 
 
-def _replace_with_masked(gm: fx.GraphModule, node: fx.Node, rule, modules, mask_node: fx.Node) -> None:
+def _replace_with_masked(gm: fx.GraphModule, node: fx.Node, rule, modules, mask_node: fx.Node, make_mask) -> None:
     module = modules.get(node.target) if node.op == "call_module" else None
-    new = rule.masked(gm.graph, node, module, mask_node)
+    new = rule.masked(gm.graph, node, module, mask_node, make_mask)
     new.meta[ORIGINAL] = (node.op, node.target, node.args, node.kwargs)
     new.meta.update({k: v for k, v in node.meta.items() if k.startswith("fxprune_") and k != ORIGINAL})
     node.replace_all_uses_with(new)

@@ -86,8 +86,9 @@ def _input_labels(a: Analysis, node: fx.Node) -> list[Labels | None]:
 
 def _get_attr_labels(a: Analysis, node: fx.Node) -> Labels | None:
     shape = a.shape(node)
-    if shape is None:
-        return None
+    dtype = node.meta.get("fxprune_dtype")
+    if shape is None or (dtype is not None and not dtype.is_floating_point):
+        return Labels(shape) if shape is not None else None  # integer buffers are indices, not channels
     dims = {d: a.param_atoms(node.target, d, s) for d, s in enumerate(shape) if s > 1}
     return Labels(shape, dims)
 

@@ -18,8 +18,12 @@ class MaskSite:
     """Where the masked model multiplies a tensor by a group's mask: input `arg` of `node`, along `dim`."""
 
     node: str
-    arg: int
+    arg: int | str  # positional index, or keyword name
     dim: int
+
+    def source(self, node: fx.Node) -> Any:
+        """The argument of `node` this site masks."""
+        return node.kwargs.get(self.arg) if isinstance(self.arg, str) else node.args[self.arg]
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Analysis:
             per[dim] = self.fresh(size, f"{qualname}[dim {dim}]")
         return per[dim]
 
-    def consume(self, node: fx.Node, arg: int, dim: int) -> None:
+    def consume(self, node: fx.Node, arg: int | str, dim: int) -> None:
         self.mask_sites.append(MaskSite(node.name, arg, dim))
 
     def freeze(self, labels: Labels | None, node: fx.Node, reason: str) -> None:

@@ -59,19 +59,19 @@ def _param(graph: fx.Graph, node: fx.Node, module: torch.nn.Module, name: str) -
 
 
 def build_masked_layer_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
-                                   mask: fx.Node) -> fx.Node:
+                                   mask: fx.Node, make_mask=None) -> fx.Node:
     """Replacement node for `call_module(LayerNorm)` in the masked model."""
     w, b = _param(graph, node, module, "weight"), _param(graph, node, module, "bias")
     return graph.call_function(masked_layer_norm, (node.args[0], mask, w, b, module.eps))
 
 
 def build_masked_group_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
-                                   mask: fx.Node) -> fx.Node:
+                                   mask: fx.Node, make_mask=None) -> fx.Node:
     w, b = _param(graph, node, module, "weight"), _param(graph, node, module, "bias")
     return graph.call_function(masked_group_norm, (node.args[0], mask, module.num_groups, w, b, module.eps))
 
 
-def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node) -> fx.Node:
+def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
     """Replacement for `F.layer_norm(x, shape, weight, bias, eps)` in the masked model."""
     args = list(node.args) + [None] * (5 - len(node.args))
     w = node.kwargs.get("weight", args[2])
@@ -80,7 +80,7 @@ def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mas
     return graph.call_function(masked_layer_norm, (node.args[0], mask, w, b, eps))
 
 
-def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node) -> fx.Node:
+def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
     args = list(node.args) + [None] * (5 - len(node.args))
     g = node.kwargs.get("num_groups", args[1])
     w = node.kwargs.get("weight", args[2])

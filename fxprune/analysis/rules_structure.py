@@ -179,11 +179,20 @@ def getitem_rule(a: Analysis, node: fx.Node) -> Any:
         return None
     if not lab:
         return Labels(out_shape)
+    if isinstance(idx, fx.Node):  # table[index]: rows gathered by a tensor, trailing dims pass
+        return _gather_rows(a, node, lab, idx, out_shape)
     items = _index_items(idx, lab.ndim)
     if items is None:
         a.freeze(lab, node, "advanced (tensor) indexing of a channel dimension")
         return Labels(out_shape)
     return _basic_index(a, node, lab, items, out_shape)
+
+
+def _gather_rows(a: Analysis, node: fx.Node, lab: Labels, idx: fx.Node, out_shape) -> Labels:
+    if lab.get(0) is not None:
+        a.table.freeze_array(lab.get(0), "rows looked up by a tensor index")
+    idx_nd = len(a.shape(idx) or ())
+    return Labels(out_shape, {d - 1 + idx_nd: x for d, x in lab.dims.items() if d > 0})
 
 
 def _basic_index(a: Analysis, node: fx.Node, lab: Labels, items: list[Any], out_shape) -> Labels:

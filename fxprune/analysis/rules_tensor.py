@@ -151,8 +151,8 @@ def rewrite_sizes(ctx, node: fx.Node) -> None:
     if found is None or not lab:
         return
     sizes, where = found
-    for d, arr in lab.dims.items():
-        if d < len(sizes) and isinstance(sizes[d], int) and sizes[d] not in (-1,):
+    for d, arr in lab.dims.items():  # channel dims are static: write the new count even over x.size(i)
+        if d < len(sizes) and (isinstance(sizes[d], fx.Node) or (isinstance(sizes[d], int) and sizes[d] != -1)):
             sizes[d] = ctx.alive_count(arr)
     node.args = (node.args[0], tuple(sizes)) if where == -1 else (node.args[0], *sizes)
 

@@ -16,6 +16,7 @@ class RewriteContext:
     def __init__(self, ga: GraphAnalysis, keep: dict[int, list[int]]) -> None:
         self.ga = ga
         self.alive = ga.alive_fn(keep)
+        self.root = ga.analysis.gm
 
     def labels(self, arg: Any) -> Labels | None:
         return self.ga.analysis.labels(arg)

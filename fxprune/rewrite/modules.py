@@ -82,3 +82,27 @@ def fix_groupnorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
 @register_fixer(nn.PReLU)
 def fix_prelu(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
     m.num_parameters = m.weight.numel()
+
+
+@register_fixer(nn.MultiheadAttention)
+def fix_mha(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+    """Swap in a PrunedMultiheadAttention carrying the sliced tensors and the original softmax scale."""
+    from ..nn import PrunedMultiheadAttention
+
+    extra = ctx.extra(node)
+    if "heads" not in extra:
+        return
+    new = PrunedMultiheadAttention(
+        m.in_proj_weight.shape[1], ctx.alive_count(extra["heads"]), ctx.alive_count(extra["qk"]),
+        ctx.alive_count(extra["v"]), m.out_proj.weight.shape[0], m.head_dim ** -0.5, m.batch_first,
+        bias=m.in_proj_bias is not None)
+    new.in_proj_weight = m.in_proj_weight
+    new.in_proj_bias = m.in_proj_bias
+    new.out_proj.weight, new.out_proj.bias = m.out_proj.weight, m.out_proj.bias
+    new.train(m.training)
+    _set_submodule(ctx.root, node.target, new)
+
+
+def _set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
+    owner, _, name = target.rpartition(".")
+    setattr(root.get_submodule(owner) if owner else root, name, new)

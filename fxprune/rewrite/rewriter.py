@@ -15,6 +15,7 @@ from .modules import fixer_for
 def rewrite(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]]) -> fx.GraphModule:
     """Slice `gm` (in place) so that only the kept channels remain; returns `gm`."""
     ctx = RewriteContext(ga, keep)
+    ctx.root = gm
     _slice_tensors(gm, ga, ctx)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
