@@ -40,7 +40,7 @@ def analyse(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_
     >>> [g.size for g in groups][:3]
     [64, 64, 64]
     """
-    return _prepare(model, example_inputs, strict, leaf_modules, example_kwargs)[1].groups
+    return _prepare(model, example_inputs, strict, leaf_modules, example_kwargs, copy_model=False)[1].groups
 
 
 def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: float | None = None,

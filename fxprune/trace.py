@@ -1,8 +1,8 @@
 """Model -> torch.fx GraphModule with shape metadata and per-node FLOPs.
 
 The tracer follows torch.fx's default leaf policy (modules of `torch.nn` are leaves) plus any module
-types the user names in `leaf_modules`. Shapes come from one forward pass under FakeTensorMode (no real
-compute; falls back to a real pass for ops fake tensors cannot run). FLOPs per node come from
+types the user names in `leaf_modules`. Shapes come from one forward pass on meta tensors (no real compute;
+falls back to a real pass for data-dependent ops that meta tensors cannot run). FLOPs per node come from
 `torch.utils.flop_counter.FlopCounterMode`, so fxprune counts FLOPs exactly as PyTorch does.
 """
 from __future__ import annotations
@@ -123,27 +123,29 @@ def _shape_of(value: Any) -> Any:
 
 
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], kwargs: dict[str, Any]) -> None:
-    """Record output shapes and FLOPs on every node (FakeTensorMode first, a real pass as fallback)."""
+    """Record output shapes and FLOPs on every node (a meta pass first, a real pass as fallback)."""
     args = _bind_inputs(gm, inputs, kwargs)
     try:
-        _run_recorder(gm, args, fake=True)
-    except Exception:  # noqa: BLE001 -- fake tensors cannot run every op; a real pass always can
-        _run_recorder(gm, args, fake=False)
+        _run_on_meta(gm, args)
+    except Exception:  # noqa: BLE001 -- meta tensors cannot run data-dependent ops; a real pass can
+        _run_recorder(gm, args)
 
 
-def _run_recorder(gm: fx.GraphModule, args: list[Any], fake: bool) -> None:
+def _run_on_meta(gm: fx.GraphModule, args: list[Any]) -> None:
+    """Shapes and FLOPs without computing anything: parameters and inputs swapped for meta tensors."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    tensors = {n: t for n, t in list(gm.named_parameters()) + list(gm.named_buffers())}
+    meta = {n: torch.empty_like(t, device="meta") for n, t in tensors.items()}
+    meta_args = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with _reparametrize_module(gm, meta):
+        _run_recorder(gm, meta_args)
+
+
+def _run_recorder(gm: fx.GraphModule, args: list[Any]) -> None:
     counter = FlopCounterMode(display=False)
-    with torch.no_grad():
-        if fake:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            mode = FakeTensorMode(allow_non_fake_inputs=True)
-            with mode, counter:
-                _ShapeRecorder(gm, counter).run(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
-                                                  for a in args])
-        else:
-            with counter:
-                _ShapeRecorder(gm, counter).run(*args)
+    with torch.no_grad(), counter:
+        _ShapeRecorder(gm, counter).run(*args)
 
 
 def _bind_inputs(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], kwargs: dict[str, Any]) -> list[Any]:

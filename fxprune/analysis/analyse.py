@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch.fx as fx
-from torch.utils._pytree import tree_flatten
 
 from ..errors import UnsupportedOpError
 from ..types import ChannelGroup, ChannelSlot, signature_of
@@ -58,9 +57,9 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     if node.op == "get_attr":
         return _get_attr_labels(a, node)
     rule = rule_for_node(node, a.modules)
-    labelled = [v for v in _input_labels(a, node) if v]
     if rule is not None:
         return rule.propagate(a, node)
+    labelled = [v for v in _input_labels(a, node) if v]
     if not labelled:
         return None
     if a.strict:
@@ -75,12 +74,10 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
 
 
 def _input_labels(a: Analysis, node: fx.Node) -> list[Labels | None]:
-    flat, _ = tree_flatten((node.args, node.kwargs))
     out: list[Labels | None] = []
-    for x in flat:
-        if isinstance(x, fx.Node):
-            v = a.values.get(x.name)
-            out.extend(v if isinstance(v, (list, tuple)) else [v])
+    for x in node.all_input_nodes:
+        v = a.values.get(x.name)
+        out.extend(v if isinstance(v, (list, tuple)) else [v])
     return [v for v in out if isinstance(v, Labels)]
 
 
@@ -112,38 +109,66 @@ def _all_slots(a: Analysis):
             yield ChannelSlot("param", q, d, a.roles.get((q, d), "pass")), arr
 
 
+class _AtomIndex:
+    """Vectorised views of the atom table: root of every atom, group key of every atom, term leaves."""
+
+    def __init__(self, table) -> None:
+        parent = np.asarray(table.parent, dtype=np.int64)
+        while True:  # pointer jumping: every atom straight to its root
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+        sroot = np.asarray([table.space_root(s) for s in range(len(table.spaces))], dtype=np.int64)
+        self.root = parent
+        self.gkey = sroot[np.asarray(table.space_of, dtype=np.int64)] if len(parent) else parent
+        self.is_term = np.zeros(len(parent), dtype=bool)
+        self.is_term[list(table.term)] = True
+        self.term = table.term
+        self.leaves: dict[int, np.ndarray] = {}
+        for r in table.term:
+            self._leaves_of(r)
+
+    def _leaves_of(self, r: int, depth: int = 0) -> np.ndarray:
+        got = self.leaves.get(r)
+        if got is not None:
+            return got
+        parts = []
+        for f in self.term[r]:
+            rf = int(self.root[f])
+            parts.append(self._leaves_of(rf, depth + 1) if self.is_term[rf] and depth < 32 else [rf])
+        out = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+        self.leaves[r] = out
+        return out
+
+    def free_roots(self, arr: np.ndarray) -> np.ndarray:
+        rs = np.unique(self.root[arr[arr >= 0]])
+        terms = rs[self.is_term[rs]]
+        plain = rs[~self.is_term[rs]]
+        if len(terms):
+            plain = np.unique(np.concatenate([plain] + [self.leaves[int(t)] for t in terms]))
+        return plain
+
+
 def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]]]:
     table = a.table
-    by_key: dict[int, set[int]] = {}
-    slot_keys: list[tuple[ChannelSlot, set[int]]] = []
-    leaf_cache: dict[int, tuple[int, ...]] = {}
-    for slot, arr in _all_slots(a):
-        keys: set[int] = set()
-        for atom in np.unique(arr).tolist():
-            if atom == UNIT:
-                continue
-            root = table.find(atom)
-            if root not in leaf_cache:
-                leaf_cache[root] = table.leaves(root)
-            for leaf in leaf_cache[root]:
-                k = table.group_key(leaf)
-                by_key.setdefault(k, set()).add(leaf)
-                keys.add(k)
-        slot_keys.append((slot, keys))
+    idx = _AtomIndex(table)
+    slot_roots = [(slot, idx.free_roots(arr)) for slot, arr in _all_slots(a)]
+    every = np.unique(np.concatenate([r for _, r in slot_roots])) if slot_roots else np.zeros(0, np.int64)
+    keys = idx.gkey[every]
     first_space: dict[int, int] = {}
     for sid in range(len(table.spaces)):
         first_space.setdefault(table.space_root(sid), sid)
-    order = sorted(by_key, key=lambda k: first_space[k])
+    order = sorted(set(keys.tolist()), key=lambda k: first_space[k])
     index = {k: i for i, k in enumerate(order)}
     groups, roots = [], []
     for k in order:
-        rs = sorted(by_key[k])
+        rs = every[keys == k].tolist()
         frozen = {i: table.frozen[r] for i, r in enumerate(rs) if r in table.frozen}
-        origin = table.spaces[first_space[k]].origin
-        groups.append(ChannelGroup(index[k], len(rs), [], frozen, origin))
+        groups.append(ChannelGroup(index[k], len(rs), [], frozen, table.spaces[first_space[k]].origin))
         roots.append(rs)
-    for slot, keys in slot_keys:
-        for k in keys:
+    for slot, rs in slot_roots:
+        for k in np.unique(idx.gkey[rs]).tolist():
             groups[index[k]].members.append(slot)
     return groups, roots
 

@@ -130,7 +130,10 @@ class AtomTable:
                 self.freeze_atom(f, "product of a position that has no channel identity")
             return
         old = self.term.get(ra)
-        if old is None:
+        if old is None and ra not in self.frozen and all(
+                self.parent[f] == f and f != ra and f not in self.term for f in factors):
+            self.term[ra] = factors  # fast path: fresh factors cannot refer back to `ra`
+        elif old is None:
             self._bind(ra, factors)
         else:
             self._unify_terms(old, factors)
