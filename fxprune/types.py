@@ -96,7 +96,12 @@ class PruningPlan:
         return cls(**data)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+        """Pretty JSON with one line per group, so plans stay readable and diff well."""
+        data = self.to_dict()
+        groups = data.pop("groups")
+        head = json.dumps(data, indent=1, sort_keys=True)[:-2]
+        lines = ",\n  ".join(json.dumps(g, sort_keys=True) for g in groups)
+        return f'{head},\n "groups": [\n  {lines}\n ]\n}}\n'.replace("{,", "{")
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:
