@@ -96,18 +96,58 @@ def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceE
         f"forward traceable.")
 
 
+# Modules / functions that FlopCounterMode never charges (it counts matmuls, convs and attention only);
+# running them outside the counter skips its slow decompositions (e.g. batch_norm on meta tensors).
+_NO_FLOP_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU,
+                    nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Dropout, nn.Identity, nn.MaxPool2d,
+                    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)
+_NO_FLOP_FUNCTIONS = {torch.nn.functional.batch_norm, torch.nn.functional.layer_norm,
+                      torch.nn.functional.group_norm}
+
+
 class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
         super().__init__(gm)
         self.counter = counter
+        self.modules = dict(gm.named_modules())
+
+    def _may_have_flops(self, n: fx.Node) -> bool:
+        if n.op == "call_module":
+            return not isinstance(self.modules[n.target], _NO_FLOP_MODULES)
+        if n.op == "call_function":
+            return n.target not in _NO_FLOP_FUNCTIONS
+        return n.op == "call_method"
 
     def run_node(self, n: fx.Node) -> Any:
+        if not self._may_have_flops(n):
+            n.meta[META_FLOPS] = 0
+            with _suspended(self.counter):
+                out = super().run_node(n)
+            n.meta[META_SHAPE] = _shape_of(out)
+            n.meta["fxprune_dtype"] = out.dtype if isinstance(out, torch.Tensor) else None
+            return out
         before = self.counter.get_total_flops()
         out = super().run_node(n)
         n.meta[META_FLOPS] = self.counter.get_total_flops() - before
         n.meta[META_SHAPE] = _shape_of(out)
         n.meta["fxprune_dtype"] = out.dtype if isinstance(out, torch.Tensor) else None
         return out
+
+
+class _suspended:
+    """Temporarily leave a dispatch mode (FlopCounterMode) for ops it would not charge anyway."""
+
+    def __init__(self, mode: FlopCounterMode) -> None:
+        self.mode = mode
+
+    def __enter__(self) -> None:
+        from torch.utils._python_dispatch import _pop_mode_temporarily
+
+        self.ctx = _pop_mode_temporarily()
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.ctx.__exit__(*exc)
 
 
 def _shape_of(value: Any) -> Any:
