@@ -49,8 +49,11 @@ def _keep_count(n_keep: int, size: int, n_frozen: int, round_to: int) -> int:
 
 
 def _top(scores: np.ndarray, frozen: set[int], n_keep: int) -> list[int]:
-    order = sorted(range(len(scores)), key=lambda i: (i not in frozen, -scores[i], i))
-    return sorted(order[:n_keep])
+    """The n_keep best channels, frozen ones first (stable: ties keep the lower index)."""
+    not_frozen = np.ones(len(scores), dtype=bool)
+    not_frozen[list(frozen)] = False
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64), not_frozen))
+    return sorted(order[:n_keep].tolist())
 
 
 def prunable_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
@@ -104,8 +107,6 @@ def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.n
     head x head-dim) dies when any factor dies, so a tensor can lose every position. For each such tensor,
     the factors of its best surviving candidate are restored.
     """
-    where = {r: (gid, i) for gid, roots in enumerate(ga.roots) for i, r in enumerate(roots)}
-    table = ga.analysis.table
     arrays = _distinct_arrays(ga)
     for _ in range(16):
         ctx = RewriteContext(ga, keep)
@@ -113,8 +114,10 @@ def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.n
         if not empty:
             return keep
         for arr in empty:
-            for leaf in table.leaves(int(arr[0])):
-                gid, i = where[leaf]
+            pos, chan = ga.channel_positions(arr[:1])
+            for c in chan.tolist():
+                gid = int(np.searchsorted(ga.offsets, c, side="right") - 1)
+                i = c - int(ga.offsets[gid])
                 if gid in keep and i not in keep[gid]:
                     keep[gid] = sorted(keep[gid] + [i])
     return keep

@@ -15,7 +15,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
@@ -26,6 +26,8 @@ settings.register_profile(
     derandomize=False,
     print_blob=True,
     suppress_health_check=_SUPPRESSED,
+    # no "explain" phase: on a failure it reruns the shrunk example hundreds of times (minutes here)
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
 settings.register_profile(
     "dev",

@@ -21,6 +21,10 @@ __all__ = [
     "make_plan_with_random_keep", "outputs", "prunable_sizes", "rel_err", "run", "state_snapshot",
 ]
 
+# Tiny models on a shared 2-core machine: intra-op threads only spin against each other (a 3x8x8 conv
+# takes ~10 ms with 2 threads under load, ~20 us with one).
+torch.set_num_threads(1)
+
 
 # --- comparing outputs ------------------------------------------------------------------------------
 def _tensors(out: Any) -> list[torch.Tensor]:

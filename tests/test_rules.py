@@ -505,11 +505,17 @@ def test_channel_shuffle():
     assert any(g.prunable for g in groups)
     assert output_group(groups, 3)
     # the shuffle ties channel j of both concatenated halves: every prunable group is made of factors
+    # the shuffles split the concatenated channels into (branch, channel) factors: channel j of b1's and
+    # of b2's output share the channel factor, and b3's output is tied to the first half it is shuffled with
+    branch = next(g for g in groups if g.size == 2 and g.prunable)
+    chan = next(g for g in groups if g.size == 4 and "b1.5.weight" in {s.name for s in g.producers})
+    for g in (branch, chan):
+        assert {"b1.5.weight", "b2.5.weight", "b3.5.weight"} <= {s.name for s in g.producers}
     res, rnd = check_prune(m, img())
     for r in (res, rnd):
-        b1, b2 = r.model.b1, r.model.b2
-        assert getattr(b1, "5").out_channels == getattr(b2, "5").out_channels  # both halves keep the same channels
-        assert r.model.head.in_channels == getattr(b1, "5").out_channels + getattr(b2, "5").out_channels
+        b1, b2, b3 = (getattr(getattr(r.model, b), "5") for b in ("b1", "b2", "b3"))
+        assert b1.out_channels == b2.out_channels  # both halves keep the same channels
+        assert r.model.head.in_channels == 2 * b3.out_channels
     assert res.report.params_after < res.report.params_before
 
 

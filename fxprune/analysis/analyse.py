@@ -15,6 +15,52 @@ from .labels import Labels
 from .registry import describe_target, registration_hint, rule_for_node
 
 
+class _AtomIndex:
+    """Vectorised views of the atom table: root of every atom, group key of every atom, term leaves."""
+
+    def __init__(self, table) -> None:
+        parent = np.asarray(table.parent, dtype=np.int64)
+        while True:  # pointer jumping: every atom straight to its root
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+        sroot = np.asarray([table.space_root(s) for s in range(len(table.spaces))], dtype=np.int64)
+        self.root = parent
+        self.gkey = sroot[np.asarray(table.space_of, dtype=np.int64)] if len(parent) else parent
+        self.is_term = np.zeros(len(parent), dtype=bool)
+        term_roots = np.fromiter(table.term.keys(), dtype=np.int64, count=len(table.term))
+        self.is_term[term_roots] = True
+        self.term_row = np.full(len(parent), -1, dtype=np.int64)
+        self.term_row[term_roots] = np.arange(len(term_roots))
+        self.leaf_matrix = self._leaf_matrix(table, term_roots)
+
+    def _leaf_matrix(self, table, term_roots: np.ndarray) -> np.ndarray:
+        """Row i: the free leaves of term root i, padded with -1 (vectorised for flat terms)."""
+        rows: list[np.ndarray] = [np.zeros(0, np.int64)] * len(term_roots)
+        by_arity: dict[int, list[int]] = {}
+        for i, r in enumerate(term_roots.tolist()):
+            by_arity.setdefault(len(table.term[r]), []).append(i)
+        for k, idx in by_arity.items():
+            facs = self.root[np.asarray([table.term[int(term_roots[i])] for i in idx], dtype=np.int64)]
+            nested = self.is_term[facs].any(1)
+            for j, i in enumerate(idx):
+                rows[i] = facs[j] if not nested[j] else np.asarray(table.leaves(int(term_roots[i])), np.int64)
+        width = max((len(r) for r in rows), default=0)
+        out = np.full((len(rows), width), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return out
+
+    def free_roots(self, arr: np.ndarray) -> np.ndarray:
+        rs = np.unique(self.root[arr[arr >= 0]])
+        is_term = self.is_term[rs]
+        if not is_term.any():
+            return rs
+        leaves = self.leaf_matrix[self.term_row[rs[is_term]]].ravel()
+        return np.unique(np.concatenate([rs[~is_term], leaves[leaves >= 0]]))
+
+
 @dataclass
 class GraphAnalysis:
     """Everything later stages need: the pass's state, the groups, and each group's channel atoms."""
@@ -23,22 +69,49 @@ class GraphAnalysis:
     groups: list[ChannelGroup]
     roots: list[list[int]]  # group id -> its channel atoms (free roots), in channel order
     signature: str
+    index: _AtomIndex = None  # type: ignore[assignment]
 
-    def alive_fn(self, keep: dict[int, list[int]]):
-        """A function atom -> bool for a keep decision {group id: kept channel indices}."""
-        table = self.analysis.table
-        alive_roots = {r for gid, idx in keep.items() for r in (self.roots[gid][i] for i in idx)}
-        decided = {r for gid in keep for r in self.roots[gid]}
-        cache: dict[int, bool] = {}
-
-        def alive(atom: int) -> bool:
-            if atom == UNIT:
-                return True
-            if atom not in cache:
-                leaves = table.leaves(atom)
-                cache[atom] = all(r in alive_roots or r not in decided for r in leaves)
-            return cache[atom]
+    def alive_roots(self, keep: dict[int, list[int]]) -> np.ndarray:
+        """Bool per atom: False for the free roots a keep decision {group id: kept indices} removes."""
+        alive = np.ones(len(self.index.root), dtype=bool)
+        for gid, kept in keep.items():
+            roots = np.asarray(self.roots[gid], dtype=np.int64)
+            alive[roots] = False
+            alive[roots[np.asarray(kept, dtype=np.int64)]] = True
         return alive
+
+    def keep_mask(self, arr: np.ndarray, alive_roots: np.ndarray) -> np.ndarray:
+        """Which positions of a label array survive (a product survives when all its factors do)."""
+        out = np.ones(len(arr), dtype=bool)
+        valid = arr >= 0
+        if not valid.any():
+            return out
+        r = self.index.root[arr[valid]]
+        alive = alive_roots[r]
+        t = self.index.is_term[r]
+        if t.any():
+            leaves = self.index.leaf_matrix[self.index.term_row[r[t]]]
+            alive[t] = np.where(leaves >= 0, alive_roots[np.maximum(leaves, 0)], True).all(1)
+        out[valid] = alive
+        return out
+
+    def channel_positions(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, global channel id) pairs: every free root each position is made of."""
+        valid = np.nonzero(arr >= 0)[0]
+        r = self.index.root[arr[valid]]
+        t = self.index.is_term[r]
+        pos = [valid[~t]]
+        roots = [r[~t]]
+        if t.any():
+            leaves = self.index.leaf_matrix[self.index.term_row[r[t]]]
+            rows = np.repeat(valid[t], leaves.shape[1])
+            flat = leaves.ravel()
+            pos.append(rows[flat >= 0])
+            roots.append(flat[flat >= 0])
+        pos_all, roots_all = np.concatenate(pos), np.concatenate(roots)
+        chan = self.channel_of[roots_all]
+        ok = chan >= 0
+        return pos_all[ok], chan[ok]
 
 
 def run_analysis(gm: fx.GraphModule, strict: bool = True) -> GraphAnalysis:
@@ -47,8 +120,13 @@ def run_analysis(gm: fx.GraphModule, strict: bool = True) -> GraphAnalysis:
     for node in gm.graph.nodes:
         a.values[node.name] = _propagate(a, node)
     _freeze_outputs(a)
-    groups, roots = _build_groups(a)
-    return GraphAnalysis(a, groups, roots, _signature(gm, groups))
+    groups, roots, index = _build_groups(a)
+    ga = GraphAnalysis(a, groups, roots, _signature(gm, groups), index)
+    ga.channel_of = np.full(len(index.root), -1, dtype=np.int64)
+    ga.offsets = np.cumsum([0] + [g.size for g in groups])
+    for gid, rs in enumerate(roots):
+        ga.channel_of[np.asarray(rs, dtype=np.int64)] = ga.offsets[gid] + np.arange(len(rs))
+    return ga
 
 
 def _propagate(a: Analysis, node: fx.Node) -> Any:
@@ -109,48 +187,7 @@ def _all_slots(a: Analysis):
             yield ChannelSlot("param", q, d, a.roles.get((q, d), "pass")), arr
 
 
-class _AtomIndex:
-    """Vectorised views of the atom table: root of every atom, group key of every atom, term leaves."""
-
-    def __init__(self, table) -> None:
-        parent = np.asarray(table.parent, dtype=np.int64)
-        while True:  # pointer jumping: every atom straight to its root
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                break
-            parent = nxt
-        sroot = np.asarray([table.space_root(s) for s in range(len(table.spaces))], dtype=np.int64)
-        self.root = parent
-        self.gkey = sroot[np.asarray(table.space_of, dtype=np.int64)] if len(parent) else parent
-        self.is_term = np.zeros(len(parent), dtype=bool)
-        self.is_term[list(table.term)] = True
-        self.term = table.term
-        self.leaves: dict[int, np.ndarray] = {}
-        for r in table.term:
-            self._leaves_of(r)
-
-    def _leaves_of(self, r: int, depth: int = 0) -> np.ndarray:
-        got = self.leaves.get(r)
-        if got is not None:
-            return got
-        parts = []
-        for f in self.term[r]:
-            rf = int(self.root[f])
-            parts.append(self._leaves_of(rf, depth + 1) if self.is_term[rf] and depth < 32 else [rf])
-        out = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-        self.leaves[r] = out
-        return out
-
-    def free_roots(self, arr: np.ndarray) -> np.ndarray:
-        rs = np.unique(self.root[arr[arr >= 0]])
-        terms = rs[self.is_term[rs]]
-        plain = rs[~self.is_term[rs]]
-        if len(terms):
-            plain = np.unique(np.concatenate([plain] + [self.leaves[int(t)] for t in terms]))
-        return plain
-
-
-def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]]]:
+def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]], _AtomIndex]:
     table = a.table
     idx = _AtomIndex(table)
     slot_roots = [(slot, idx.free_roots(arr)) for slot, arr in _all_slots(a)]
@@ -170,7 +207,7 @@ def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]]]:
     for slot, rs in slot_roots:
         for k in np.unique(idx.gkey[rs]).tolist():
             groups[index[k]].members.append(slot)
-    return groups, roots
+    return groups, roots, idx
 
 
 def _signature(gm: fx.GraphModule, groups: list[ChannelGroup]) -> str:

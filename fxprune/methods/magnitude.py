@@ -12,15 +12,9 @@ import torch
 from .registry import ScoreInput, register_method
 
 
-def _channel_index(inp: ScoreInput) -> dict[int, tuple[int, int]]:
-    return {r: (gid, i) for gid, roots in enumerate(inp.ga.roots) for i, r in enumerate(roots)}
-
-
 def magnitude_scores(inp: ScoreInput, p: int) -> dict[int, np.ndarray]:
     ga = inp.ga
-    scores = {g.id: np.zeros(g.size) for g in ga.groups}
-    where = _channel_index(inp)
-    table = ga.analysis.table
+    total = np.zeros(int(ga.offsets[-1]))
     tensors = dict(inp.gm.named_parameters())
     tensors.update(dict(inp.gm.named_buffers()))
     for qualname, per_dim in ga.analysis.params.items():
@@ -31,12 +25,12 @@ def magnitude_scores(inp: ScoreInput, p: int) -> dict[int, np.ndarray]:
             if dim >= t.dim() or t.shape[dim] != len(arr):
                 continue
             flat = t.detach().float().transpose(0, dim).reshape(len(arr), -1)
-            norms = (flat.abs().sum(1) if p == 1 else flat.pow(2).sum(1)).numpy()
-            for pos, atom in enumerate(arr.tolist()):
-                for leaf in table.leaves(atom):
-                    gid, i = where[leaf]
-                    scores[gid][i] += norms[pos]
-    return {gid: (s if p == 1 else np.sqrt(s)) for gid, s in scores.items()}
+            norms = (flat.abs().sum(1) if p == 1 else flat.pow(2).sum(1)).numpy().astype(np.float64)
+            pos, chan = ga.channel_positions(arr)
+            np.add.at(total, chan, norms[pos])
+    if p == 2:
+        total = np.sqrt(total)
+    return {g.id: total[ga.offsets[g.id]:ga.offsets[g.id + 1]] for g in ga.groups}
 
 
 @register_method("l1", "L1 norm of each channel's weights across its group (Li et al., 2017)")

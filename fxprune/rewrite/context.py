@@ -15,7 +15,7 @@ class RewriteContext:
 
     def __init__(self, ga: GraphAnalysis, keep: dict[int, list[int]]) -> None:
         self.ga = ga
-        self.alive = ga.alive_fn(keep)
+        self.alive_roots = ga.alive_roots(keep)
         self.root = ga.analysis.gm
 
     def labels(self, arg: Any) -> Labels | None:
@@ -25,8 +25,7 @@ class RewriteContext:
         return self.ga.analysis.node_extra.get(node.name, {})
 
     def keep_mask(self, arr: np.ndarray) -> np.ndarray:
-        alive = self.alive
-        return np.fromiter((alive(a) for a in arr.tolist()), dtype=bool, count=len(arr))
+        return self.ga.keep_mask(arr, self.alive_roots)
 
     def keep_index(self, arr: np.ndarray) -> np.ndarray:
         return np.nonzero(self.keep_mask(arr))[0]
