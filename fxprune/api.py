@@ -28,7 +28,7 @@ def _prepare(model: nn.Module, example_inputs: Any, strict: bool, leaf_modules: 
              example_kwargs: dict | None, copy_model: bool = True) -> tuple[fx.GraphModule, GraphAnalysis]:
     gm = trace(model, example_inputs, leaf_modules=leaf_modules, example_kwargs=example_kwargs,
                copy_model=copy_model)
-    return gm, run_analysis(gm, strict=strict)
+    return gm, run_analysis(gm, strict=strict, opaque=tuple(leaf_modules))
 
 
 def analyse(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_modules: Sequence[type] = (),
@@ -109,6 +109,11 @@ def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> dict[int, list[int]]:
         if d.size != g.size or any(not 0 <= i < g.size for i in d.keep) or not d.keep:
             raise PlanMismatchError(f"plan group {d.id} has size {d.size} and keeps {len(d.keep)} channels, but "
                                     f"this model's group {d.id} has {g.size} channels; the plan does not fit.")
+        dropped = sorted(set(g.frozen) - set(d.keep))
+        if dropped:
+            raise PlanMismatchError(
+                f"plan group {d.id} removes channels {dropped[:5]} that must be kept "
+                f"({g.frozen[dropped[0]]}); the plan was edited or made for another graph.")
     return {d.id: list(d.keep) for d in plan.groups if len(d.keep) < d.size}
 
 

@@ -92,10 +92,21 @@ def _replace_arg(node: fx.Node, index: int | str, new: fx.Node) -> None:
 def _replace_with_masked(gm: fx.GraphModule, node: fx.Node, rule, modules, mask_node: fx.Node, make_mask) -> None:
     module = modules.get(node.target) if node.op == "call_module" else None
     new = rule.masked(gm.graph, node, module, mask_node, make_mask)
-    new.meta[ORIGINAL] = (node.op, node.target, node.args, node.kwargs)
+    names = fx.node.map_arg((node.args, node.kwargs), lambda n: _NodeRef(n.name))
+    new.meta[ORIGINAL] = (node.op, node.target, names[0], names[1])
     new.meta.update({k: v for k, v in node.meta.items() if k.startswith("fxprune_") and k != ORIGINAL})
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
+
+
+class _NodeRef:
+    """A node named in a masked variant's record of the op it replaced (survives deep copies)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __deepcopy__(self, memo) -> _NodeRef:
+        return self
 
 
 def strip_masks(gm: fx.GraphModule) -> fx.GraphModule:
@@ -106,6 +117,9 @@ def strip_masks(gm: fx.GraphModule) -> fx.GraphModule:
             gm.graph.erase_node(node)
         elif ORIGINAL in node.meta:
             op, target, args, kwargs = node.meta[ORIGINAL]
+            by_name = {n.name: n for n in gm.graph.nodes}
+            args, kwargs = fx.node.map_aggregate(
+                (args, kwargs), lambda v: by_name[v.name] if isinstance(v, _NodeRef) else v)
             with gm.graph.inserting_before(node):
                 orig = gm.graph.create_node(op, target, args, kwargs)
             node.replace_all_uses_with(orig)

@@ -62,10 +62,15 @@ def prunable_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
 
 def select_ratio(ga: GraphAnalysis, scores: dict[int, np.ndarray], ratio: float, round_to: int,
                  ignore: set[int]) -> dict[int, list[int]]:
+    """Every channel group loses the fraction `ratio`. Block groups (conv groups, norm groups, heads) are
+    kept: a channel inside a block already loses `ratio` through its within-block group, and pruning both
+    factors would remove the fraction ratio twice."""
     keep = {}
     for gid in prunable_groups(ga, ignore):
+        if ga.groups[gid].kind == "blocks":
+            continue
         g = ga.groups[gid]
-        n = _keep_count(g.size - int(round(ratio * g.size)), g.size, len(g.frozen), round_to)
+        n = _keep_count(g.size - int(np.floor(ratio * g.size + 0.5)), g.size, len(g.frozen), round_to)
         keep[gid] = _top(scores[gid], set(g.frozen), n)
     return keep
 

@@ -168,7 +168,14 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], kwarg
     try:
         _run_on_meta(gm, args)
     except Exception:  # noqa: BLE001 -- meta tensors cannot run data-dependent ops; a real pass can
-        _run_recorder(gm, args)
+        saved = {n: b.detach().clone() for n, b in gm.named_buffers()}
+        try:
+            _run_recorder(gm, args)
+        finally:  # a training-mode forward updates BN statistics: put them back
+            with torch.no_grad():
+                for n, b in gm.named_buffers():
+                    if n in saved and b.shape == saved[n].shape:
+                        b.copy_(saved[n])
 
 
 def _run_on_meta(gm: fx.GraphModule, args: list[Any]) -> None:

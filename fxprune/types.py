@@ -34,6 +34,7 @@ class ChannelGroup:
     members: list[ChannelSlot]
     frozen: dict[int, str] = field(default_factory=dict)  # channel index -> why it is always kept
     origin: str = ""
+    kind: str = "channels"  # "blocks": the group counts conv groups / norm groups / attention heads
 
     @property
     def prunable(self) -> bool:
@@ -49,7 +50,8 @@ class ChannelGroup:
 
     def __str__(self) -> str:
         frozen = f", {len(self.frozen)} frozen ({next(iter(self.frozen.values()))})" if self.frozen else ""
-        head = f"ChannelGroup #{self.id}: {self.size} channels from {self.origin}{frozen}"
+        unit = "channels" if self.kind == "channels" else "blocks"
+        head = f"ChannelGroup #{self.id}: {self.size} {unit} from {self.origin}{frozen}"
         prod = ", ".join(str(m.name) for m in self.producers[:6])
         cons = ", ".join(str(m.name) for m in self.consumers[:6])
         return f"{head}\n  producers: {prod or '-'}\n  consumers: {cons or '-'}\n  members: {len(self.members)}"

@@ -95,7 +95,11 @@ def test_grouped_conv(groups, mult, sizes):
         if groups == 8:  # stays depthwise
             assert c2.groups == c2.in_channels
             assert c2.out_channels in (c2.groups, mult * c2.groups)
-    assert res.model.c2.groups < groups
+    c2 = res.model.c2
+    if groups == 8:  # depthwise: each conv group is one channel, so pruning channels removes groups
+        assert c2.groups < groups
+    else:  # ratio budgets keep the conv groups and prune channels inside every group
+        assert c2.groups == groups and c2.in_channels < 8
 
 
 class TConvNet(nn.Module):
@@ -265,7 +269,8 @@ def test_groupnorm():
         gn = r.model.norm
         assert gn.num_channels == r.model.c1.out_channels == gn.weight.numel()
         assert gn.num_channels % gn.num_groups == 0
-    assert res.model.norm.num_groups == 2 and res.model.norm.num_channels == 2
+    # ratio budgets keep the norm groups and halve the channels inside each
+    assert res.model.norm.num_groups == 4 and res.model.norm.num_channels == 4
 
 
 def test_instancenorm_affine():
@@ -293,8 +298,8 @@ class Activations(nn.Module):
 
     def forward(self, x):
         x = self.acts(self.c1(x))
-        x = torch.sigmoid(x) * torch.tanh(x) + F.elu(x) - F.hardsigmoid(x) + x.clamp(-1, 1) + F.dropout(x, 0.2,
-                                                                                                      self.training)
+        x = torch.sigmoid(x) * torch.tanh(x) + F.elu(x) - F.hardsigmoid(x) + x.clamp(-1, 1)
+        x = x + F.dropout(x, 0.2, self.training)
         x = F.relu(self.c2(x))
         return self.fc(x.mean((2, 3)))
 
@@ -405,7 +410,7 @@ class SplitNet(nn.Module):
         p, q, r = torch.split(a, [4, 4, 4], dim=1)
         u, v = a.chunk(2, dim=1)  # 6 + 6
         s = self.p(p) + self.q(q) + self.r(r) + self.c2(torch.cat([v, u], 1))
-        s = s + self.p(a[:, :4]) + self.r(a[:, 8:])
+        s = s + self.p(a[:, :4]) + self.r(a[:, 8:]) + a[:, 5].unsqueeze(1) + a[:, -2:-1]
         return self.fc(s.mean((2, 3)))
 
 
@@ -630,8 +635,8 @@ def test_vit_sdpa_attention():
 
 
 def test_output_never_pruned():
-    for m, x, out in ((ConvChain(2), img(), "fc"), (TinyViT("mha"), img(), "head"), (TokenMLP(), torch.randn(1, 3, 8),
-                                                                                      "fc3")):
+    cases = ((ConvChain(2), img(), "fc"), (TinyViT("mha"), img(), "head"), (TokenMLP(), torch.randn(1, 3, 8), "fc3"))
+    for m, x, out in cases:
         m.eval()
         for kw in ({"ratio": 0.9}, {"flops": 0.05}, {"params": 0.05}):
             res = fxprune.prune(m, x, **kw)
@@ -743,3 +748,111 @@ def test_helpers_detect_differences():
     with pytest.raises(AssertionError):
         assert_unchanged(m, snap, img())
     assert run(m, img()).shape == (1, 4)
+
+
+# --- ops that reorder channels or read the channel count ---------------------------------------------------
+class ChannelOp(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(self.c2(self.fn(F.relu(self.c1(x)))).mean((2, 3)))
+
+
+def _roll_channels(a):
+    return torch.roll(a, 1, dims=1)
+
+
+def _flip_channels(a):
+    return torch.flip(a, dims=[1])
+
+
+def _flip_width(a):
+    return torch.flip(a, dims=[3]) + a.roll(1, 2)
+
+
+@pytest.mark.parametrize("fn", [_flip_width, _roll_channels, _flip_channels])
+def test_roll_flip(fn):
+    """roll/flip over H/W act per channel; over the channel dim they move channels to other positions, so
+    those channels must be frozen (or the op rewritten) for slim == masked to hold."""
+    m = ChannelOp(fn).eval()
+    groups = groups_of(m, img())
+    assert output_group(groups, 3)
+    check_prune(m, img())
+
+
+def _channel_count_scale(a):
+    return a * (1.0 / a.shape[1])
+
+
+def test_channel_count_read_at_run_time():
+    """`a.shape[1]` is a Python number computed from the channel count: the slim model reads the pruned
+    count, so either the dim is frozen or the value is rewritten; slim must still equal masked."""
+    check_prune(ChannelOp(_channel_count_scale).eval(), img())
+
+
+class DynamicScaleViT(TinyViT):
+    """Attention whose softmax scale is read from the runtime head size (`q.size(-1) ** -0.5`)."""
+
+    def __init__(self) -> None:
+        super().__init__("einsum")
+
+    def attention(self, h):
+        b, n, _ = h.shape
+        q, k, v = (lin(h).view(b, n, self.heads, -1).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        att = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
+        return self.proj((att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_attention_scale_read_from_head_dim():
+    m = DynamicScaleViT()
+    _randomise_bn(m)
+    m.eval()
+    assert any(g.prunable for g in groups_of(m, img()))
+    check_prune(m, img())
+
+
+class FunctionalParams(nn.Module):
+    """Parameters used directly through F.conv2d / F.batch_norm / F.linear / matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3), nn.Parameter(torch.randn(8))
+        self.g, self.be = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+        self.register_buffer("rm", torch.randn(8))
+        self.register_buffer("rv", torch.rand(8) + 0.5)
+        self.w2 = nn.Parameter(torch.randn(6, 8, 1, 1))
+        self.lw, self.lb = nn.Parameter(torch.randn(5, 6)), nn.Parameter(torch.randn(5))
+        self.W = nn.Parameter(torch.randn(5, 7))
+        self.out = nn.Linear(7, 3)
+
+    def forward(self, x):
+        x = F.conv2d(x, self.w1, self.b1, padding=1)
+        x = F.relu(F.batch_norm(x, self.rm, self.rv, self.g, self.be, False))
+        x = F.linear(F.conv2d(x, self.w2).mean((2, 3)), self.lw, self.lb)
+        return self.out(F.relu(x @ self.W))
+
+
+def test_functional_conv_linear_with_parameters():
+    """Only channel dims form groups: the 3x3 kernel dims of a functional conv weight are not channels."""
+    m = FunctionalParams().eval()
+    groups = groups_of(m, img())
+    assert prunable_sizes(groups) == [5, 6, 7, 8]
+    res, rnd = check_prune(m, img())
+    for r in (res, rnd):
+        assert r.model.w1.shape[1:] == (3, 3, 3)
+        assert r.model.w1.shape[0] == r.model.g.shape[0] == r.model.rm.shape[0] == r.model.w2.shape[1]
+        assert r.model.lw.shape[1] == r.model.w2.shape[0] and r.model.W.shape[0] == r.model.lw.shape[0]
+
+
+def _where_positive(a):
+    return torch.where(a > 0, a, 0.1 * a)
+
+
+def test_comparison_feeding_where():
+    """torch.where is element-wise and registered; its usual condition `a > 0` is element-wise too."""
+    m = ChannelOp(_where_positive).eval()
+    assert prunable_sizes(groups_of(m, img())) == [6, 8]
+    check_prune(m, img())

@@ -114,9 +114,14 @@ class GraphAnalysis:
         return pos_all[ok], chan[ok]
 
 
-def run_analysis(gm: fx.GraphModule, strict: bool = True) -> GraphAnalysis:
-    """Propagate labels node by node, freeze what reaches the outputs, and build the groups."""
+def run_analysis(gm: fx.GraphModule, strict: bool = True, opaque: tuple[type, ...] = ()) -> GraphAnalysis:
+    """Propagate labels node by node, freeze what reaches the outputs, and build the groups.
+
+    Modules of the `opaque` types (the user's leaf modules) are black boxes: the channels entering and
+    leaving them are frozen, in strict mode too.
+    """
     a = Analysis(gm, strict)
+    a.opaque = tuple(opaque)
     for node in gm.graph.nodes:
         a.values[node.name] = _propagate(a, node)
     _freeze_outputs(a)
@@ -139,6 +144,10 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
         return rule.propagate(a, node)
     labelled = [v for v in _input_labels(a, node) if v]
     if not labelled:
+        return None
+    if node.op == "call_module" and a.opaque and isinstance(a.modules[node.target], a.opaque):
+        for lab in labelled:
+            a.freeze(lab, node, f"enters opaque leaf module {type(a.modules[node.target]).__name__}")
         return None
     if a.strict:
         raise UnsupportedOpError(
@@ -202,7 +211,8 @@ def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]], _At
     for k in order:
         rs = every[keys == k].tolist()
         frozen = {i: table.frozen[r] for i, r in enumerate(rs) if r in table.frozen}
-        groups.append(ChannelGroup(index[k], len(rs), [], frozen, table.spaces[first_space[k]].origin))
+        space = table.spaces[first_space[k]]
+        groups.append(ChannelGroup(index[k], len(rs), [], frozen, space.origin, space.kind))
         roots.append(rs)
     for slot, rs in slot_roots:
         for k in np.unique(idx.gkey[rs]).tolist():

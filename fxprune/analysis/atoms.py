@@ -26,6 +26,7 @@ class Space:
     size: int
     origin: str
     first: int
+    kind: str = "channels"  # or "blocks": conv groups, norm groups, attention heads
 
 
 @dataclass
@@ -40,13 +41,13 @@ class AtomTable:
     frozen: dict[int, str] = field(default_factory=dict)  # root atom -> why it must be kept
 
     # -- creation -------------------------------------------------------------------------
-    def new_space(self, size: int, origin: str) -> np.ndarray:
+    def new_space(self, size: int, origin: str, kind: str = "channels") -> np.ndarray:
         """Fresh atoms for `size` channels; a size-1 space is the UNIT (nothing to prune)."""
         if size <= 1:
             return np.full((size,), UNIT, dtype=np.int64)
         sid = len(self.spaces)
         first = len(self.parent)
-        self.spaces.append(Space(size, origin, first))
+        self.spaces.append(Space(size, origin, first, kind))
         self.space_parent.append(sid)
         self.parent.extend(range(first, first + size))
         self.space_of.extend([sid] * size)

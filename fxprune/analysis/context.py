@@ -40,6 +40,7 @@ class Analysis:
 
     def __post_init__(self) -> None:
         self.modules: dict[str, nn.Module] = dict(self.gm.named_modules())
+        self.opaque: tuple[type, ...] = ()
 
     # -- reading ----------------------------------------------------------------------------
     def labels(self, arg: Any) -> Labels | None:
@@ -56,8 +57,9 @@ class Analysis:
         return self.modules[node.target]
 
     # -- writing ----------------------------------------------------------------------------
-    def fresh(self, size: int, origin: str) -> np.ndarray:
-        return self.table.new_space(size, origin)
+    def fresh(self, size: int, origin: str, kind: str = "channels") -> np.ndarray:
+        """Fresh atoms; kind="blocks" marks a factor that counts blocks (conv groups, heads)."""
+        return self.table.new_space(size, origin, kind)
 
     def bind_param(self, qualname: str, dim: int, atoms: np.ndarray | None, role: str = "pass") -> None:
         """Say that `qualname` along `dim` carries `atoms` (unifying if the parameter is shared)."""

@@ -21,7 +21,7 @@ from .registry import register_rule
 
 # --- nn.MultiheadAttention --------------------------------------------------------------------------
 def _mha_blocks(a: Analysis, path: str, heads: int, head_dim: int) -> tuple[np.ndarray, ...]:
-    h = a.fresh(heads, f"{path} heads")
+    h = a.fresh(heads, f"{path} heads", "blocks")
     qk = a.fresh(head_dim, f"{path} q/k head dims")
     v = a.fresh(head_dim, f"{path} v head dims")
     q_rows, k_rows = a.product_atoms([h, qk], f"{path} q"), a.product_atoms([h, qk], f"{path} k")
@@ -104,7 +104,7 @@ def _swin_rule(a: Analysis, node: fx.Node) -> Labels | None:
     qkv_w, proj_w = a.labels(node.args[1]), a.labels(node.args[2])
     heads_n = arg(node, 5, "num_heads")
     c = a.shape(node.args[0])[-1]
-    h = a.fresh(heads_n, f"{node.name} heads")
+    h = a.fresh(heads_n, f"{node.name} heads", "blocks")
     hd = a.fresh(c // heads_n, f"{node.name} head dims")
     blocks = [a.product_atoms([h, hd], f"{node.name} {w}") for w in "qkv"]
     a.node_extra[node.name] = {"heads": h, "head_dim": c // heads_n}

@@ -22,7 +22,7 @@ def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout
         out = a.fresh(cout, f"{path} output")
         in_per, out_per = lin, out
     else:
-        blocks = a.fresh(groups, f"{path} conv groups")
+        blocks = a.fresh(groups, f"{path} conv groups", "blocks")
         in_per = a.fresh(cin // groups, f"{path} input channels per group")
         if lin is None:
             why = f"{path}: grouped conv over channels that cannot be pruned"
@@ -117,7 +117,7 @@ def groupnorm_rule(a: Analysis, node: fx.Node) -> Labels | None:
     lab = a.labels(node.args[0])
     lin = lab.get(1) if lab else None
     if lin is not None:
-        blocks = a.fresh(m.num_groups, f"{node.target} norm groups")
+        blocks = a.fresh(m.num_groups, f"{node.target} norm groups", "blocks")
         a.bind_products(lin, [blocks, a.fresh(m.num_channels // m.num_groups, f"{node.target} channels/group")])
         a.node_extra[node.name] = {"groups": blocks}
         _bind_channel_params(a, node.target, ("weight", "bias"), lin)

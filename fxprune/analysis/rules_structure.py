@@ -17,6 +17,7 @@ from .masked import build_masked_group_norm_fn, build_masked_layer_norm_fn
 from .registry import method_key as M
 from .registry import register_rule
 from .rules_modules import conv_channels
+from .rules_tensor import ShapeInfo, freeze_size_query, shape_item
 
 
 # --- concatenation ------------------------------------------------------------------------------
@@ -148,6 +149,9 @@ def _index_items(idx: Any, ndim: int) -> list[Any] | None:
 
 
 def rewrite_getitem(ctx, node: fx.Node) -> None:
+    if "const" in ctx.extra(node):
+        freeze_size_query(ctx, node)
+        return
     lab = ctx.labels(node.args[0])
     if not lab:
         return
@@ -172,6 +176,8 @@ def rewrite_getitem(ctx, node: fx.Node) -> None:
 def getitem_rule(a: Analysis, node: fx.Node) -> Any:
     src, idx = node.args[0], node.args[1]
     v = a.values.get(src.name) if isinstance(src, fx.Node) else None
+    if isinstance(v, ShapeInfo):
+        return shape_item(a, node, v, idx)
     if isinstance(v, (list, tuple)):
         return v[idx] if isinstance(idx, int) else None
     lab, out_shape = a.labels(src), a.shape(node)
@@ -330,7 +336,7 @@ def functional_group_norm_rule(a: Analysis, node: fx.Node) -> Labels | None:
     lin = lab.get(1) if lab else None
     if lin is not None:
         g = arg(node, 1, "num_groups")
-        blocks = a.fresh(g, f"{node.name} norm groups")
+        blocks = a.fresh(g, f"{node.name} norm groups", "blocks")
         a.bind_products(lin, [blocks, a.fresh(len(lin) // g, f"{node.name} channels/group")])
         a.node_extra[node.name] = {"groups": blocks}
         for p in (arg(node, 2, "weight"), arg(node, 3, "bias")):
@@ -365,6 +371,9 @@ def functional_conv_rule(a: Analysis, node: fx.Node) -> Labels | None:
         a.freeze(lab, node, "functional conv with a computed or grouped weight")
         return Labels(a.shape(node))
     wl = a.labels(w)
+    for d in range(2, len(ws)):
+        if wl and wl.get(d) is not None:
+            a.table.freeze_array(wl.get(d), "convolution kernel positions")
     lin = lab.get(1) if lab else None
     if wl and wl.get(1) is not None:
         if lin is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,16 +29,19 @@ _POINTWISE_FUNCS = [
     torch.zeros_like, torch.ones_like, torch.full_like, torch.lerp, torch.addcmul, torch.sign,
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.selu, F.mish,
     F.softplus, F.hardtanh, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-    F.logsigmoid, F.relu_, F.celu,
+    F.logsigmoid, F.relu_, F.celu, operator.gt, operator.lt, operator.ge, operator.le, operator.eq, operator.ne,
+    torch.gt, torch.lt, torch.ge, torch.le, torch.eq, torch.ne, torch.logical_and, torch.logical_or,
+    torch.logical_not, operator.and_, operator.or_, operator.invert, torch.isnan, torch.isfinite,
 ]
 _POINTWISE_METHODS = [
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "relu", "relu_", "sigmoid", "sigmoid_", "tanh",
     "clamp", "clamp_", "clamp_min", "clip", "exp", "log", "sqrt", "rsqrt", "neg", "abs", "pow", "contiguous",
     "float", "half", "bfloat16", "double", "to", "type", "type_as", "clone", "detach", "cpu", "cuda", "square",
     "sign", "masked_fill", "where", "reciprocal", "exp_", "sin", "cos", "requires_grad_", "gelu", "silu",
+    "gt", "lt", "ge", "le", "eq", "ne", "logical_and", "logical_or", "logical_not", "bool", "int", "long",
 ]
 register_rule(*_POINTWISE_FUNCS, *[M(m) for m in _POINTWISE_METHODS])(pointwise)
-register_rule(builtins.getattr, M("size"), M("dim"), M("numel"), M("new_zeros"), M("new_ones"), M("new_empty"),
+register_rule(M("dim"), M("numel"), M("new_zeros"), M("new_ones"), M("new_empty"),
               M("new_full"), M("new_tensor"), torch._assert, M("item"), M("tolist"), M("data_ptr"),
               torch.numel, builtins.len, M("element_size"), M("get_device"))(nothing)
 
@@ -56,15 +60,81 @@ try:
 except Exception:  # pragma: no cover
     pass
 
+# --- shape queries ------------------------------------------------------------------------------
+@dataclass
+class ShapeInfo:
+    """The value of `x.shape` / `x.size()`: the channel labels (or None) of each queried dim."""
+
+    labels: list[np.ndarray | None]
+    sizes: list[int]
+
+
+def freeze_size_query(ctx, node: fx.Node) -> None:
+    """A channel count read at run time keeps the dense value in the slim graph, so arithmetic on it
+    (a 1/sqrt(head_dim) scale, a mean over channels) computes what the masked model computes. Sizes fed
+    to view/reshape are rewritten separately, by the reshape rule."""
+    const = ctx.extra(node).get("const")
+    if const is None:
+        return
+    for user in list(node.users):
+        user.args, user.kwargs = fx.node.map_aggregate(
+            (user.args, user.kwargs), lambda v: const if v is node else v)
+
+
+def _shape_info(a: Analysis, x: Any) -> ShapeInfo | None:
+    lab, shape = a.labels(x), a.shape(x) if isinstance(x, fx.Node) else None
+    if shape is None:
+        return None
+    return ShapeInfo([lab.dims.get(d) if lab else None for d in range(len(shape))], list(shape))
+
+
+@register_rule(builtins.getattr)
+def getattr_rule(a: Analysis, node: fx.Node) -> Any:
+    return _shape_info(a, node.args[0]) if node.args[1] == "shape" else None
+
+
+@register_rule(M("size"), rewrite=freeze_size_query)
+def size_rule(a: Analysis, node: fx.Node) -> Any:
+    info = _shape_info(a, node.args[0])
+    d = arg(node, 1, "dim")
+    if info is None or d is None:
+        return info
+    if info.labels[d] is not None:
+        a.node_extra[node.name] = {"const": info.sizes[d]}
+    return None
+
+
+def shape_item(a: Analysis, node: fx.Node, info: ShapeInfo, idx: Any) -> Any:
+    if isinstance(idx, slice):
+        return ShapeInfo(info.labels[idx], info.sizes[idx])
+    if isinstance(idx, int) and info.labels[idx] is not None:
+        a.node_extra[node.name] = {"const": info.sizes[idx]}
+    return None
+
+
 # --- pooling / resampling / padding ----------------------------------------------------------
 register_rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
               F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
               F.interpolate, F.upsample, F.lp_pool2d)(lambda a, node: channelwise(a, node, 1))
 
 
-@register_rule(F.pad, torch.roll, M("roll"), torch.flip, M("flip"))
-def spatial_rule(a: Analysis, node: fx.Node) -> Labels | None:
-    """pad/roll/flip: fine on dims they do not touch; channels on a padded or rolled dim are frozen."""
+@register_rule(F.pad)
+def pad_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    """pad: channels on a dim whose size changes are frozen (passthrough does that)."""
+    return passthrough(a, node)
+
+
+@register_rule(torch.roll, M("roll"), torch.flip, M("flip"))
+def roll_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    """roll/flip move positions along their dims: channels on those dims are frozen."""
+    lab = a.labels(node.args[0])
+    is_roll = node.target in (torch.roll, "roll")
+    dims = arg(node, 2, "dims") if is_roll else arg(node, 1, "dims")
+    if lab:
+        dims = list(range(lab.ndim)) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+        for d in dims:
+            if lab.get(d) is not None:
+                a.table.freeze_array(lab.get(d), f"{getattr(node.target, '__name__', node.target)} over channels")
     return passthrough(a, node)
 
 
