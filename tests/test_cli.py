@@ -275,7 +275,6 @@ def test_fxprune_debug_reraises(capsys, monkeypatch, tmp_path, fake_api, tiny_mo
 # ----------------------------------------------------------------------------- real end to end
 
 
-@pytest.mark.skipif(not hasattr(fxprune, "prune"), reason="fxprune.prune (api.py) not landed yet")
 def test_prune_resnet18_end_to_end(capsys, tmp_path):
     torch.manual_seed(0)
     code, out, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--input-size", "3,64,64",
