@@ -84,3 +84,12 @@ def test_plan_json_roundtrip_rebuilds_the_same_slim_model(tmp_path) -> None:
     res.plan.save(tmp_path / "plan.json")
     again = fxprune.apply_plan(build("mobilenet_v3_small"), x, fxprune.PruningPlan.load(tmp_path / "plan.json"))
     assert rel_err(outputs(again, x), outputs(res.model, x)) <= 1e-6
+
+
+def test_a_pruned_vit_can_be_pruned_again() -> None:
+    model = build("vit_b_32")
+    x = torch.randn(1, 3, 224, 224)
+    once = fxprune.prune(model, x, ratio=0.5)
+    twice = fxprune.prune(once.model, x, ratio=0.5)
+    assert twice.report.flops_ratio <= 0.6
+    assert_slim_equals_masked(once.model, x, twice, tol=1e-4)

@@ -258,3 +258,49 @@ def einsum_rule(a: Analysis, node: fx.Node) -> Labels | None:
 
 
 __all__ = ["einsum_rule", "mha_rule", "sdpa_rule"]
+
+
+# --- fxprune.nn.mha_forward (slim attention; lets a pruned model be analysed and pruned again) ----------
+def _mha_forward_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    heads_n, qk_n, v_n = node.args[7], node.args[8], node.args[9]
+    name = node.name
+    h = a.fresh(heads_n, f"{name} heads", "blocks")
+    qk, v = a.fresh(qk_n, f"{name} q/k head dims"), a.fresh(v_n, f"{name} v head dims")
+    v_rows = a.product_atoms([h, v], f"{name} v")
+    rows = np.concatenate([a.product_atoms([h, qk], f"{name} q"), a.product_atoms([h, qk], f"{name} k"), v_rows])
+    a.node_extra[name] = {"heads": h, "qk": qk, "v": v}
+    embed = [a.labels(node.args[i]) for i in range(3)]
+    in_w, in_b, out_w, out_b = (a.labels(node.args[i]) for i in range(3, 7))
+    lin = [e.get(-1) if e else None for e in embed]
+    if in_w:
+        a.table.unify_arrays(in_w.get(0), rows)
+        for e in lin:
+            if e is not None:
+                a.table.unify_arrays(in_w.get(1), e)
+    if in_b and in_b.get(0) is not None:
+        a.table.unify_arrays(in_b.get(0), rows)
+    out = out_w.get(0) if out_w else None
+    if out_w:
+        a.table.unify_arrays(out_w.get(1), v_rows)
+    if out_b and out_b.get(0) is not None and out is not None:
+        a.table.unify_arrays(out_b.get(0), out)
+    for i in range(3):
+        a.consume(node, i, -1)
+    a.consume(node, 3, 0)
+    if node.args[4] is not None:
+        a.consume(node, 4, 0)
+    shape = a.shape(node)
+    dims = {d: x for d, x in (embed[0].dims.items() if embed[0] else ()) if d != len(shape) - 1}
+    if out is not None:
+        dims[len(shape) - 1] = out
+    return Labels(shape, dims)
+
+
+def _mha_forward_rewrite(ctx, node: fx.Node) -> None:
+    extra = ctx.extra(node)
+    args = list(node.args)
+    args[7], args[8], args[9] = (ctx.alive_count(extra[k]) for k in ("heads", "qk", "v"))
+    node.args = tuple(args)
+
+
+register_rule(fxnn.mha_forward, rewrite=_mha_forward_rewrite)(_mha_forward_rule)
