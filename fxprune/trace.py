@@ -105,6 +105,11 @@ _NO_FLOP_FUNCTIONS = {torch.nn.functional.batch_norm, torch.nn.functional.layer_
                       torch.nn.functional.group_norm}
 
 
+# Modules whose output has their input's shape and dtype: on meta tensors they need not run at all.
+_SAME_SHAPE_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU,
+                       nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Dropout, nn.Identity)
+
+
 class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
         super().__init__(gm)
@@ -118,7 +123,19 @@ class _ShapeRecorder(fx.Interpreter):
             return n.target not in _NO_FLOP_FUNCTIONS
         return n.op == "call_method"
 
+    def _same_shape_input(self, n: fx.Node) -> torch.Tensor | None:
+        if n.op == "call_module" and len(n.args) == 1 and not n.kwargs and isinstance(
+                self.modules[n.target], _SAME_SHAPE_MODULES):
+            x = self.env.get(n.args[0]) if isinstance(n.args[0], fx.Node) else None
+            if isinstance(x, torch.Tensor) and x.device.type == "meta":
+                return x
+        return None
+
     def run_node(self, n: fx.Node) -> Any:
+        shortcut = self._same_shape_input(n)
+        if shortcut is not None:
+            n.meta.update({META_FLOPS: 0, META_SHAPE: _shape_of(shortcut), "fxprune_dtype": shortcut.dtype})
+            return shortcut
         if not self._may_have_flops(n):
             n.meta[META_FLOPS] = 0
             with _suspended(self.counter):

@@ -106,8 +106,24 @@ class Analysis:
         """Position i (row-major over the factors' sizes) of `atoms` is the product of one atom per factor."""
         grids = np.meshgrid(*factors, indexing="ij")
         flat = [g.reshape(-1) for g in grids]
+        if self._all_fresh(atoms, factors):  # bulk path: new atoms bound to new factors, nothing to unify
+            self.table.term.update(zip(atoms.tolist(), zip(*(f.tolist() for f in flat))))
+            return
         for i, a in enumerate(atoms.tolist()):
             self.table.bind_product(a, tuple(int(f[i]) for f in flat))
+
+    def _all_fresh(self, atoms: np.ndarray, factors: list[np.ndarray]) -> bool:
+        t = self.table
+        parent = np.asarray(t.parent[int(atoms.min()):int(atoms.max()) + 1]) if len(atoms) and atoms.min() >= 0 \
+            else None
+        if parent is None or len(np.unique(atoms)) != len(atoms) or len(factors) < 2:
+            return False
+        if not np.array_equal(parent[atoms - atoms.min()], atoms):
+            return False
+        for f in factors:
+            if f.min() < 0 or any(int(x) in t.term or t.parent[int(x)] != int(x) for x in f.tolist()):
+                return False
+        return not any(a in t.term or a in t.frozen for a in atoms.tolist())
 
     def product_atoms(self, factors: list[np.ndarray], origin: str) -> np.ndarray:
         size = int(np.prod([len(f) for f in factors]))
