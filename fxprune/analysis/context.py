@@ -107,7 +107,12 @@ class Analysis:
         grids = np.meshgrid(*factors, indexing="ij")
         flat = [g.reshape(-1) for g in grids]
         if self._all_fresh(atoms, factors):  # bulk path: new atoms bound to new factors, nothing to unify
-            self.table.term.update(zip(atoms.tolist(), zip(*(f.tolist() for f in flat))))
+            terms = dict(zip(atoms.tolist(), zip(*(f.tolist() for f in flat))))
+            self.table.term.update(terms)
+            for a in [a for a in terms if a in self.table.frozen]:  # a kept position keeps its factors
+                reason = self.table.frozen.pop(a)
+                for f in terms[a]:
+                    self.table.frozen.setdefault(f, reason)
             return
         for i, a in enumerate(atoms.tolist()):
             self.table.bind_product(a, tuple(int(f[i]) for f in flat))
@@ -123,7 +128,7 @@ class Analysis:
         for f in factors:
             if f.min() < 0 or any(int(x) in t.term or t.parent[int(x)] != int(x) for x in f.tolist()):
                 return False
-        return not any(a in t.term or a in t.frozen for a in atoms.tolist())
+        return not any(a in t.term for a in atoms.tolist())
 
     def product_atoms(self, factors: list[np.ndarray], origin: str) -> np.ndarray:
         size = int(np.prod([len(f) for f in factors]))
