@@ -76,12 +76,27 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     root = copy.deepcopy(model) if copy_model else model
     tracer = LeafTracer(leaf_modules)
     try:
-        graph = tracer.trace(root)
+        graph = tracer.trace(root, concrete_args=_unused_defaults(model, len(inputs), example_kwargs or {}))
     except Exception as exc:  # noqa: BLE001 -- any tracing failure becomes a TraceError
         raise _trace_error(model, tracer, exc) from exc
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     propagate_shapes(gm, inputs, example_kwargs or {})
     return gm
+
+
+def _unused_defaults(model: nn.Module, n_inputs: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Forward parameters the caller does not pass keep their defaults in the graph (so `if y is None`
+    takes the branch the caller's call takes, instead of tracing `y` as a tensor)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    fixed = {p.name: p.default for p in params[n_inputs:]
+             if p.name not in kwargs and p.default is not inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return fixed or None
 
 
 def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceError:

@@ -142,6 +142,9 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     rule = rule_for_node(node, a.modules)
     if rule is not None:
         return rule.propagate(a, node)
+    if node.op == "call_function" and isinstance(node.target, type) and issubclass(
+            node.target, (tuple, list, dict)):  # building a container (e.g. a namedtuple output) moves nothing
+        return [a.labels(x) for x in node.args] if not node.kwargs else None
     labelled = [v for v in _input_labels(a, node) if v]
     if not labelled:
         return None
