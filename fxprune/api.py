@@ -50,7 +50,11 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     """Prune `model` to a budget and return the slim GraphModule, the plan and a report.
 
     Exactly one budget: `ratio` (fraction of every group's channels removed), `flops` or `params`
-    (fraction of the dense model's FLOPs / params kept, selected globally across groups).
+    (fraction of the dense model's FLOPs / params kept, selected globally across groups). `ignore` takes
+    module names (their output channels are kept) or group ids; `round_to` makes kept counts multiples of
+    it; `strict=False` freezes channels reaching ops without a rule instead of raising; `leaf_modules` are
+    traced as opaque leaves (their channels kept); `inplace=True` slices the caller's modules instead of a
+    copy; further keyword options go to the method backend.
 
     >>> import torch, torchvision, fxprune
     >>> x = torch.randn(1, 3, 64, 64)
@@ -140,7 +144,8 @@ def _ignored_groups(gm: fx.GraphModule, ga: GraphAnalysis, ignore: Iterable) -> 
         else:
             raise TypeError(f"ignore takes module names (str) or group ids (int), got {type(item).__name__}.")
     for g in ga.groups:
-        if any(m.kind == "param" and m.name.startswith(tuple(prefixes)) for m in g.members) and prefixes:
+        if prefixes and any(m.kind == "param" and m.role == "producer" and m.name.startswith(tuple(prefixes))
+                            for m in g.members):
             out.add(g.id)
     return out
 

@@ -93,3 +93,14 @@ def test_a_pruned_vit_can_be_pruned_again() -> None:
     twice = fxprune.prune(once.model, x, ratio=0.5)
     assert twice.report.flops_ratio <= 0.6
     assert_slim_equals_masked(once.model, x, twice, tol=1e-4)
+
+
+def test_ignore_keeps_a_modules_output_channels() -> None:
+    model = build("resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    res = fxprune.prune(model, x, ratio=0.5, ignore=["layer1.0.conv1", "layer4.1.conv1"])
+    sub = res.model.get_submodule
+    assert sub("layer1.0.conv1").out_channels == 64 and sub("layer4.1.conv1").out_channels == 512
+    assert sub("layer2.0.conv1").out_channels == 64  # the rest is pruned (128 -> 64)
+    with pytest.raises(ValueError, match="no module named"):
+        fxprune.prune(model, x, ratio=0.5, ignore=["layer9"])
