@@ -90,7 +90,7 @@ def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostMo
             g = ga.groups[gid]
             n = _keep_count(int((norm[gid] >= t).sum()), g.size, len(g.frozen), round_to)
             out[gid] = _top(norm[gid], set(g.frozen), n)
-        return out
+        return repair(ga, out, scores)  # measure what will really be kept
 
     def fits(i: int) -> bool:
         return measure(RewriteContext(ga, keep_at(thresholds[i]))) <= value * dense + 1e-6

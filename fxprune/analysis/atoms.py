@@ -39,6 +39,8 @@ class AtomTable:
     space_parent: list[int] = field(default_factory=list)
     term: dict[int, tuple[int, ...]] = field(default_factory=dict)
     frozen: dict[int, str] = field(default_factory=dict)  # root atom -> why it must be kept
+    factor_spaces: set[int] = field(default_factory=set)  # spaces used as factors of products
+    origin: dict[int, dict[int, int]] = field(default_factory=dict)  # root -> {factor space: index}
 
     # -- creation -------------------------------------------------------------------------
     def new_space(self, size: int, origin: str, kind: str = "channels") -> np.ndarray:
@@ -101,6 +103,7 @@ class AtomTable:
             other = rb if ra == UNIT else ra
             self.freeze_atom(other, "tied to a position that has no channel identity")
             return
+        collapse = self._merge_origins(ra, rb)
         ta, tb = self.term.pop(ra, None), self.term.pop(rb, None)
         self.parent[rb] = ra
         if rb in self.frozen:
@@ -111,6 +114,43 @@ class AtomTable:
             self._unify_terms(ta, tb)
         elif ta is not None or tb is not None:
             self._bind(ra, ta if ta is not None else tb)
+        if collapse:
+            self.freeze_class(ra, "two different positions of one factor (a conv group, a head, a shuffle "
+                                  "block) were tied together, so the factorised layout cannot be kept")
+
+    def _size(self, a: int) -> int:
+        """Size of the factor an atom indexes (the size of the space it was created in)."""
+        return self.spaces[self.space_of[a]].size
+
+    def mark_factors(self, arr) -> None:
+        """Declare the spaces of `arr` factors of a product layout (their positions must stay distinct)."""
+        for a in arr.tolist():
+            if a != UNIT:
+                self.factor_spaces.add(self.space_of[a])
+
+    def _origin(self, root: int) -> dict[int, int]:
+        got = self.origin.get(root)
+        if got is not None:
+            return got
+        sid = self.space_of[root]
+        return {sid: root - self.spaces[sid].first} if sid in self.factor_spaces else {}
+
+    def _merge_origins(self, ra: int, rb: int) -> bool:
+        """Merge the factor positions two roots stand for; True if one factor's positions collapse."""
+        oa, ob = self._origin(ra), self._origin(rb)
+        if not oa and not ob:
+            return False
+        self.origin.pop(rb, None)
+        self.origin[ra] = {**ob, **oa}
+        return any(s in ob and ob[s] != i for s, i in oa.items())
+
+    def freeze_class(self, atom: int, reason: str) -> None:
+        """Freeze every atom whose space is connected to `atom`'s (used when a layout degenerates)."""
+        cls = self.space_root(self.space_of[self.find(atom)])
+        for sid, sp in enumerate(self.spaces):
+            if self.space_root(sid) == cls:
+                for a in range(sp.first, sp.first + sp.size):
+                    self.freeze_atom(a, reason)
 
     def unify_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
@@ -158,7 +198,7 @@ class AtomTable:
     def _unify_terms(self, ta: tuple[int, ...], tb: tuple[int, ...]) -> None:
         la = [x for f in ta for x in self.leaves(f)]
         lb = [x for f in tb for x in self.leaves(f)]
-        if len(la) == len(lb):
+        if len(la) == len(lb) and all(self._size(x) == self._size(y) for x, y in zip(la, lb)):
             for x, y in zip(la, lb):
                 self.unify(x, y)
             return

@@ -104,6 +104,8 @@ class Analysis:
 
     def bind_products(self, atoms: np.ndarray, factors: list[np.ndarray]) -> None:
         """Position i (row-major over the factors' sizes) of `atoms` is the product of one atom per factor."""
+        for f in factors:
+            self.table.mark_factors(f)
         grids = np.meshgrid(*factors, indexing="ij")
         flat = [g.reshape(-1) for g in grids]
         if self._all_fresh(atoms, factors):  # bulk path: new atoms bound to new factors, nothing to unify
