@@ -63,6 +63,7 @@ TIMING_BUDGET_S = 20.0  # stop repeating a timed call once this much time has be
 
 FX_CHECKS = ("runs", "flops", "masked_eq_slim", "onnx", "caller_untouched")
 TP_CHECKS = ("graph_build", "forward", "onnx")
+LIB_CHECKS = {"fxprune": FX_CHECKS, "tp": TP_CHECKS}
 PASS_CHECKS = {"fxprune": FX_CHECKS, "tp": ("forward",)}  # TP's "pass" as in the reference table
 
 
@@ -124,12 +125,15 @@ class Record:
     dense_params_m: float | None = None
     flops_ratio: float | None = None
     params_ratio: float | None = None
-    analysis_s: float | None = None  # B4: best of 3 (fxprune.analyse / TP build_dependency)
+    analysis_s: float | None = None  # B4: best wall time of 3 (fxprune.analyse / TP build_dependency)
+    analysis_cpu_s: float | None = None  # best process CPU time of the same calls (robust to contention)
     analysis_runs: int = 0
     prune_s: float | None = None
     wall_s: float | None = None  # inside the subprocess, after imports
     process_s: float | None = None  # the whole subprocess, as the parent saw it
     peak_rss_mb: float | None = None
+    threads: int | None = None  # torch intra-op threads in the subprocess
+    loadavg_1m: float | None = None  # machine load when the subprocess finished (other users inflate timings)
     errors: dict[str, str] = field(default_factory=dict)  # stage -> first line of the exception
     date: str = ""
 
@@ -260,14 +264,16 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def best_of(fn: Callable[[], Any], repeats: int = TIMING_REPEATS) -> tuple[float, int]:
-    """Best wall time of up to `repeats` calls (fewer once TIMING_BUDGET_S is spent)."""
-    times: list[float] = []
-    while len(times) < repeats and sum(times) < TIMING_BUDGET_S:
-        t0 = time.perf_counter()
+def time_analysis(rec: Record, fn: Callable[[], Any], repeats: int = TIMING_REPEATS) -> None:
+    """B4: best wall and best CPU time of up to `repeats` calls (fewer once TIMING_BUDGET_S is spent)."""
+    walls: list[float] = []
+    cpus: list[float] = []
+    while len(walls) < repeats and sum(walls) < TIMING_BUDGET_S:
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), len(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    rec.analysis_s, rec.analysis_cpu_s, rec.analysis_runs = min(walls), min(cpus), len(walls)
 
 
 def onnxruntime_output(path: Path, x):
@@ -332,7 +338,7 @@ def run_fxprune(spec: ModelSpec, rec: Record, run: Runner, tmp: Path) -> None:
     fx = run.step("import", lambda: importlib.import_module("fxprune"))
 
     def analyse() -> None:
-        rec.analysis_s, rec.analysis_runs = best_of(lambda: need(fx, "import").analyse(ctx.model, ctx.x))
+        time_analysis(rec, lambda: need(fx, "import").analyse(ctx.model, ctx.x))
 
     def prune():
         t0 = time.perf_counter()
@@ -395,8 +401,7 @@ def run_tp(spec: ModelSpec, rec: Record, run: Runner, tmp: Path) -> None:
     tp = run.step("import", lambda: importlib.import_module("torch_pruning"))
 
     def check_build():
-        rec.analysis_s, rec.analysis_runs = best_of(
-            lambda: need(tp, "import").DependencyGraph().build_dependency(model, example_inputs=ctx.x))
+        time_analysis(rec, lambda: need(tp, "import").DependencyGraph().build_dependency(model, example_inputs=ctx.x))
         return True, rec.analysis_s, ""
 
     def prune():
@@ -437,9 +442,13 @@ LIB_RUNNERS: dict[str, Callable[[ModelSpec, Record, Runner, Path], None]] = {
 
 def run_one(set_name: str, model: str, lib: str, sink: Path | None) -> Record:
     """Child side: run one library on one model, writing the record to `sink` as it goes."""
+    import torch
+
     warnings.filterwarnings("ignore")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     spec = get_spec(set_name, model)
-    rec = Record(set_name, model, lib, spec.input_size, date=dt.datetime.now().isoformat(timespec="seconds"))
+    rec = Record(set_name, model, lib, spec.input_size, date=dt.datetime.now().isoformat(timespec="seconds"),
+                 threads=torch.get_num_threads())
     run = Runner(rec, sink)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zoo_") as tmp:
@@ -450,6 +459,7 @@ def run_one(set_name: str, model: str, lib: str, sink: Path | None) -> Record:
             _debug_traceback()
     rec.wall_s = time.perf_counter() - t0
     rec.peak_rss_mb = peak_rss_mb("self")  # VmHWM; ru_maxrss would carry the parent's peak over exec
+    rec.loadavg_1m = os.getloadavg()[0]
     rec.finish()
     rec.stage = "done"
     run.save()
@@ -514,7 +524,8 @@ def peak_rss_mb(pid: int | str) -> float:
     return rss_mb(pid, "VmHWM")
 
 
-def supervise(set_name: str, model: str, lib: str, timeout: float, mem_gb: float, logdir: Path) -> Record:
+def supervise(set_name: str, model: str, lib: str, timeout: float, mem_gb: float, threads: int,
+              logdir: Path) -> Record:
     """Run `--one` in a subprocess; kill it on timeout or memory limit; return its (partial) record."""
     sink = logdir / f"{model}.{lib}.json"
     log = logdir / f"{model}.{lib}.log"
@@ -522,7 +533,8 @@ def supervise(set_name: str, model: str, lib: str, timeout: float, mem_gb: float
            "--record-to", str(sink)]
     t0 = time.perf_counter()
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         verdict, peak = "", 0.0
         while proc.poll() is None:
             peak = max(peak, rss_mb(proc.pid))
@@ -543,6 +555,9 @@ def supervise(set_name: str, model: str, lib: str, timeout: float, mem_gb: float
         rec.status = verdict or "crash"
         rec.wall_s, rec.peak_rss_mb = wall, max(peak, rec.peak_rss_mb or 0.0)
         rec.errors.setdefault(rec.stage or "startup", crash_message(verdict, rec, timeout, mem_gb, proc, log))
+        rec.loadavg_1m = os.getloadavg()[0]
+        for name in LIB_CHECKS[lib]:
+            rec.checks.setdefault(name, Check(False, None, f"not reached ({rec.status})"))
     return rec
 
 
@@ -599,7 +614,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads_default": torch.get_num_threads(),
         "torch": version("torch"),
         "torchvision": version("torchvision"),
         "torch_pruning": version("torch-pruning"),
@@ -623,15 +638,15 @@ def _mark(rec: dict | None, check: str) -> str:
     return "-" if c is None else ("ok" if c["ok"] else "FAIL")
 
 
-def _median_max(recs: list[dict]) -> tuple[float | None, float | None, str]:
-    times = [(r["analysis_s"], r["model"]) for r in recs if r.get("analysis_s") is not None]
+def _median_max(recs: list[dict], key: str = "analysis_s") -> tuple[float | None, float | None, str]:
+    times = [(r[key], r["model"]) for r in recs if r.get(key) is not None]
     if not times:
         return None, None, ""
     worst = max(times)
     return statistics.median(t for t, _ in times), worst[0], worst[1]
 
 
-def summary_lines(set_name: str, recs: dict[str, dict[str, dict]], n_models: int) -> list[str]:
+def summary_lines(recs: dict[str, dict[str, dict]], n_models: int, envs: dict[str, dict]) -> list[str]:
     out = [f"Models run: fxprune {len(recs['fxprune'])}, TP {len(recs['tp'])} (of {n_models} selected).", ""]
     fx, tp = list(recs["fxprune"].values()), list(recs["tp"].values())
     if fx:
@@ -642,12 +657,23 @@ def summary_lines(set_name: str, recs: dict[str, dict[str, dict]], n_models: int
         out += ["### Torch-Pruning 1.6.1 (B1)", "", "| check | pass | of |", "|---|---|---|"]
         out += [f"| {c} | {sum(_mark(r, c) == 'ok' for r in tp)} | {len(tp)} |" for c in TP_CHECKS]
         out += [""]
-    out += ["### Analysis time (B4), best of 3, seconds", "", "| lib | models timed | median | max (model) |",
-            "|---|---|---|---|"]
+    out += ["### Analysis time (B4), best of 3, seconds", "",
+            "| lib | models timed | median wall | max wall (model) | median CPU | max CPU (model) |",
+            "|---|---|---|---|---|---|"]
     for lib, rs in (("fxprune analyse", fx), ("TP build_dependency", tp)):
         med, mx, who = _median_max(rs)
+        cmed, cmx, cwho = _median_max(rs, "analysis_cpu_s")
         n = sum(r.get("analysis_s") is not None for r in rs)
-        out.append(f"| {lib} | {n} | {_fmt(med)} | {_fmt(mx)} ({who}) |")
+        out.append(f"| {lib} | {n} | {_fmt(med)} | {_fmt(mx)} ({who}) | {_fmt(cmed)} | {_fmt(cmx)} ({cwho}) |")
+    loads = [r["loadavg_1m"] for r in fx + tp if r.get("loadavg_1m") is not None]
+    if loads:
+        out += ["", f"Machine load (1-min average) as the subprocesses finished: median {statistics.median(loads):.2f}, "
+                    f"max {max(loads):.2f} on {os.cpu_count()} CPUs; other users' jobs inflate wall times."]
+    started = {lib: envs.get(lib, {}).get("date", "?") for lib in recs}
+    if fx and tp and started["fxprune"] != started["tp"]:
+        out += ["", f"The fxprune records come from the run started {started['fxprune']}, TP's from the run started "
+                    f"{started['tp']}: the time ratio below mixes two runs. For B4, run `--lib fxprune,tp` "
+                    "(both libraries interleaved per model in one run)."]
     both = [m for m in recs["fxprune"] if m in recs["tp"] and recs["fxprune"][m].get("analysis_s")
             and recs["tp"][m].get("analysis_s")]
     if both:
@@ -687,7 +713,7 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
              f"Random weights, eval mode, batch 1, {RATIO:.0%} of the channels of every group removed (L1 / "
              "GroupMagnitude p=2), classifier kept. Each model and library ran in its own subprocess.", ""]
     for lib, env in sorted(data["environment"].items()):
-        keys = ("date", "torch", "torchvision", "torch_pruning", "onnxruntime", "cpu_count", "torch_threads",
+        keys = ("date", "torch", "torchvision", "torch_pruning", "onnxruntime", "cpu_count", "threads",
                 "git_commit", "timeout_s", "mem_gb", "sweep_wall_s")
         lines.append(f"- environment of the last `{lib}` run: " + ", ".join(f"{k} {env.get(k)}" for k in keys))
     lines.append("")
@@ -699,7 +725,7 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
         excl = ", ".join(f"{e['model']} ({e['gmacs']:.1f})" for e in info["excluded"])
         lines += [f"## Set `{set_name}`: {len(models)} models <= {info['max_gmacs']} GMACs", "",
                   f"Excluded (GMACs at the default input size, FlopCounterMode FLOPs / 2): {excl or 'none'}.", ""]
-        lines += summary_lines(set_name, recs, len(models))
+        lines += summary_lines(recs, len(models), data["environment"])
         lines += ["### Per model", "", f"{len(ran)} of {len(models)} selected models have results.", ""]
         lines += table_lines(recs, info["gmacs"], ran) + [""]
     path.write_text("\n".join(lines))
@@ -723,13 +749,14 @@ def sweep(args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"not in the selected set: {sorted(unknown)}")
     libs = args.lib.split(",")
-    envs = {lib: {**environment(), "timeout_s": args.timeout, "mem_gb": args.mem_gb} for lib in libs}
+    envs = {lib: {**environment(), "timeout_s": args.timeout, "mem_gb": args.mem_gb, "threads": args.threads}
+            for lib in libs}
     spent = dict.fromkeys(libs, 0.0)
     t_sweep = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zoo_sweep_") as logdir:
         for i, name in enumerate(wanted, 1):
             for lib in libs:
-                rec = supervise(args.set, name, lib, args.timeout, args.mem_gb, Path(logdir))
+                rec = supervise(args.set, name, lib, args.timeout, args.mem_gb, args.threads, Path(logdir))
                 spent[lib] += rec.process_s or 0.0
                 merge_record(data, rec)
                 save_results(json_path, data)
@@ -750,6 +777,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lib", default="fxprune,tp", help="comma-separated: fxprune, tp")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per model per library")
     p.add_argument("--mem-gb", type=float, default=14.0, help="kill a model's subprocess above this RSS")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch/OMP threads per subprocess (default 1: 2 threads on a shared 2-core machine make "
+                        "timings swing ~10x)")
     p.add_argument("--max-gmacs", type=float, default=30.0, help="skip models above this many GMACs")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--report-only", action="store_true", help="rewrite the .md from the existing .json")
