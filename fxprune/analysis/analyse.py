@@ -1,6 +1,7 @@
 """The analysis pass: propagate channel labels through the graph, then read off the channel groups."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +231,6 @@ def _signature(gm: fx.GraphModule, groups: list[ChannelGroup]) -> str:
 
 
 def _target_name(target: Any) -> str:
-    if isinstance(target, str):
-        return target
+    if isinstance(target, str):  # fx numbers lifted tensor constants per process: drop the number
+        return re.sub(r"^_tensor_constant\d+$", "_tensor_constant", target)
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', getattr(target, '__name__', ''))}"
