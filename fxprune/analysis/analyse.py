@@ -201,26 +201,39 @@ def _all_slots(a: Analysis):
 
 
 def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]], _AtomIndex]:
+    """Free roots and their group keys for every slot at once (vectorised over all slots)."""
     table = a.table
     idx = _AtomIndex(table)
-    slot_roots = [(slot, idx.free_roots(arr)) for slot, arr in _all_slots(a)]
-    every = np.unique(np.concatenate([r for _, r in slot_roots])) if slot_roots else np.zeros(0, np.int64)
+    slots = list(_all_slots(a))
+    lens = [len(arr) for _, arr in slots]
+    flat = np.concatenate([arr for _, arr in slots]) if slots else np.zeros(0, np.int64)
+    sid = np.repeat(np.arange(len(slots)), lens)
+    valid = flat >= 0
+    r, sid = idx.root[flat[valid]], sid[valid]
+    t = idx.is_term[r]
+    leaves = idx.leaf_matrix[idx.term_row[r[t]]]
+    lsid = np.repeat(sid[t], leaves.shape[1]) if leaves.size else np.zeros(0, np.int64)
+    lflat = leaves.ravel()
+    roots_all = np.concatenate([r[~t], lflat[lflat >= 0]])
+    sid_all = np.concatenate([sid[~t], lsid[lflat >= 0]])
+    every = np.unique(roots_all)
     keys = idx.gkey[every]
     first_space: dict[int, int] = {}
-    for sid in range(len(table.spaces)):
-        first_space.setdefault(table.space_root(sid), sid)
+    for s in range(len(table.spaces)):
+        first_space.setdefault(table.space_root(s), s)
     order = sorted(set(keys.tolist()), key=lambda k: first_space[k])
     index = {k: i for i, k in enumerate(order)}
     groups, roots = [], []
     for k in order:
         rs = every[keys == k].tolist()
-        frozen = {i: table.frozen[r] for i, r in enumerate(rs) if r in table.frozen}
+        frozen = {i: table.frozen[x] for i, x in enumerate(rs) if x in table.frozen}
         space = table.spaces[first_space[k]]
         groups.append(ChannelGroup(index[k], len(rs), [], frozen, space.origin, space.kind))
         roots.append(rs)
-    for slot, rs in slot_roots:
-        for k in np.unique(idx.gkey[rs]).tolist():
-            groups[index[k]].members.append(slot)
+    span = int(idx.gkey.max()) + 1 if len(idx.gkey) else 1
+    pairs = np.unique(sid_all * span + idx.gkey[roots_all])
+    for p in pairs.tolist():
+        groups[index[p % span]].members.append(slots[p // span][0])
     return groups, roots, idx
 
 

@@ -137,6 +137,9 @@ class AtomTable:
 
     def _merge_origins(self, ra: int, rb: int) -> bool:
         """Merge the factor positions two roots stand for; True if one factor's positions collapse."""
+        fs, origin, space_of = self.factor_spaces, self.origin, self.space_of
+        if not (ra in origin or rb in origin or space_of[ra] in fs or space_of[rb] in fs):
+            return False
         oa, ob = self._origin(ra), self._origin(rb)
         if not oa and not ob:
             return False

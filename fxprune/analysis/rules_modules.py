@@ -21,6 +21,10 @@ def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout
     if groups == 1:
         out = a.fresh(cout, f"{path} output")
         in_per, out_per = lin, out
+    elif groups == cin and lin is not None and not transposed:  # depthwise: each conv group is one channel
+        in_per = np.full((1,), -1, dtype=np.int64)
+        out_per = a.fresh(cout // groups, f"{path} output channels per group")
+        out = lin if cout == cin else a.product_atoms([lin, out_per], f"{path} output")
     else:
         blocks = a.fresh(groups, f"{path} conv groups", "blocks")
         in_per = a.fresh(cin // groups, f"{path} input channels per group")
