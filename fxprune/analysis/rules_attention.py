@@ -100,31 +100,34 @@ register_rule(nn.MultiheadAttention, masked=build_masked_mha)(_mha_propagate)
 
 # --- torchvision Swin ------------------------------------------------------------------------------
 def _swin_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    """torchvision's (shifted) window attention: qkv rows and proj columns are heads x head dims."""
     x = a.labels(node.args[0])
     qkv_w, proj_w = a.labels(node.args[1]), a.labels(node.args[2])
     heads_n = arg(node, 5, "num_heads")
     c = a.shape(node.args[0])[-1]
     h = a.fresh(heads_n, f"{node.name} heads", "blocks")
     hd = a.fresh(c // heads_n, f"{node.name} head dims")
-    blocks = [a.product_atoms([h, hd], f"{node.name} {w}") for w in "qkv"]
+    n = heads_n * (c // heads_n)
     a.node_extra[node.name] = {"heads": h, "head_dim": c // heads_n}
     lin = x.get(-1) if x else None
+    for lab in (qkv_w, a.labels(arg(node, 9, "qkv_bias"))):  # q, k and v rows: heads x head dims
+        if lab and lab.get(0) is not None:
+            for i in range(3):
+                a.bind_products(lab.get(0)[i * n:(i + 1) * n], [h, hd])
     if qkv_w:
-        a.table.unify_arrays(qkv_w.get(0), np.concatenate(blocks))
         if lin is not None:
             a.table.unify_arrays(qkv_w.get(1), lin)
         else:
             a.table.freeze_array(qkv_w.get(1), "attention over channels that cannot be pruned")
-    for name, idx, target in (("qkv_bias", 9, np.concatenate(blocks)), ("logit_scale", 11, h)):
-        lab = a.labels(arg(node, idx, name))
-        if lab and lab.get(0) is not None:
-            a.table.unify_arrays(lab.get(0), target)
+    scale = a.labels(arg(node, 11, "logit_scale"))
+    if scale and scale.get(0) is not None:
+        a.table.unify_arrays(scale.get(0), h)
     rpb = a.labels(node.args[3])
     if rpb and rpb.get(1) is not None:
         a.table.unify_arrays(rpb.get(1), h)
     out = proj_w.get(0) if proj_w else a.fresh(c, f"{node.name} output")
     if proj_w:
-        a.table.unify_arrays(proj_w.get(1), blocks[2])
+        a.bind_products(proj_w.get(1), [h, hd])
     pb = a.labels(arg(node, 10, "proj_bias"))
     if pb and pb.get(0) is not None:
         a.table.unify_arrays(pb.get(0), out)
@@ -132,7 +135,7 @@ def _swin_rule(a: Analysis, node: fx.Node) -> Labels | None:
     a.consume(node, 1, 0)
     if "qkv_bias" in node.kwargs:
         a.consume(node, "qkv_bias", 0)
-    dims = {d: v for d, v in (x.dims.items() if x else ()) if d != len(x.shape) - 1} if x else {}
+    dims = {d: v for d, v in x.dims.items() if d != len(x.shape) - 1} if x else {}
     dims[len(a.shape(node)) - 1] = out
     return Labels(a.shape(node), dims)
 
