@@ -224,8 +224,11 @@ def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]], _At
     order = sorted(set(keys.tolist()), key=lambda k: first_space[k])
     index = {k: i for i, k in enumerate(order)}
     groups, roots = [], []
-    for k in order:
-        rs = every[keys == k].tolist()
+    by_key = np.argsort(keys, kind="stable")  # `every` is sorted, so each group's roots stay sorted
+    bounds = np.searchsorted(keys[by_key], np.asarray(order if order else [0]), side="left")
+    ends = np.searchsorted(keys[by_key], np.asarray(order if order else [0]), side="right")
+    for j, k in enumerate(order):
+        rs = every[by_key[bounds[j]:ends[j]]].tolist()
         frozen = {i: table.frozen[x] for i, x in enumerate(rs) if x in table.frozen}
         space = table.spaces[first_space[k]]
         groups.append(ChannelGroup(index[k], len(rs), [], frozen, space.origin, space.kind))
