@@ -857,3 +857,24 @@ def test_comparison_feeding_where():
     m = ChannelOp(_where_positive).eval()
     assert prunable_sizes(groups_of(m, img())) == [6, 8]
     check_prune(m, img())
+
+
+class StackNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.c, self.fc = nn.Conv2d(8, 6, 1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        s = torch.stack([self.a(x), self.b(x)], dim=1)  # (B, 2, 8, H, W): a's and b's channels meet
+        return self.fc(self.c(torch.relu(s).sum(1)).mean((2, 3)))
+
+
+def test_stack_ties_the_stacked_channels():
+    m = StackNet().eval()
+    groups = groups_of(m, img())
+    shared = [g for g in groups if {"a.weight", "b.weight"} <= {s.name for s in g.producers}]
+    assert len(shared) == 1 and shared[0].size == 8
+    res = fxprune.prune(m, img(), ratio=0.5)
+    assert res.model.a.out_channels == res.model.b.out_channels == 4
+    assert_slim_equals_masked(m, img(), res)

@@ -42,13 +42,17 @@ def _unify_other_dims(a: Analysis, labs: list[Labels | None], shapes: list[tuple
     return dims
 
 
-@register_rule(torch.cat, torch.concat, torch.concatenate)
-def cat_rule(a: Analysis, node: fx.Node) -> Labels | None:
+def _joined(a: Analysis, node: fx.Node):
+    """The parts of a cat/stack: (parts, output shape, dim, their labels, their shapes)."""
     parts = list(arg(node, 0, "tensors"))
     out_shape = a.shape(node)
     dim = arg(node, 1, "dim", 0) % len(out_shape)
-    labs = [a.labels(p) for p in parts]
-    shapes = [a.shape(p) for p in parts]
+    return parts, out_shape, dim, [a.labels(p) for p in parts], [a.shape(p) for p in parts]
+
+
+@register_rule(torch.cat, torch.concat, torch.concatenate)
+def cat_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    parts, out_shape, dim, labs, shapes = _joined(a, node)
     dims = _unify_other_dims(a, labs, shapes, dim, node)
     if any(lab and lab.get(dim) is not None for lab in labs):
         pieces = []
@@ -64,11 +68,7 @@ def cat_rule(a: Analysis, node: fx.Node) -> Labels | None:
 
 @register_rule(torch.stack)
 def stack_rule(a: Analysis, node: fx.Node) -> Labels | None:
-    parts = list(arg(node, 0, "tensors"))
-    out_shape = a.shape(node)
-    dim = arg(node, 1, "dim", 0) % len(out_shape)
-    labs = [a.labels(p) for p in parts]
-    shapes = [a.shape(p) for p in parts]
+    _, out_shape, dim, labs, shapes = _joined(a, node)
     inner = _unify_other_dims(a, labs, shapes, -1, node)
     return Labels(out_shape, {(d if d < dim else d + 1): x for d, x in inner.items()})
 
