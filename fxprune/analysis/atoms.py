@@ -156,8 +156,27 @@ class AtomTable:
                     self.freeze_atom(a, reason)
 
     def unify_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
+        if self._attach_fresh(a, b) or self._attach_fresh(b, a):
+            return
         for x, y in zip(a.tolist(), b.tolist()):
             self.unify(x, y)
+
+    def _attach_fresh(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Bulk unify when every atom of `b` is fresh (a root with no term, freeze, or factor role):
+        each simply joins the root of its partner in `a` -- what `unify` would do, without the checks."""
+        bl, al = b.tolist(), a.tolist()
+        if not bl or min(al) < 0 or min(bl) < 0 or len(set(bl)) != len(bl):
+            return False
+        parent, term, frozen, origin, fs = self.parent, self.term, self.frozen, self.origin, self.factor_spaces
+        if any(parent[y] != y or y in term or y in frozen or y in origin or self.space_of[y] in fs for y in bl):
+            return False
+        roots = [self.find(x) for x in al]
+        if set(roots) & set(bl):
+            return False
+        for y, r in zip(bl, roots):
+            parent[y] = r
+            self._union_spaces(r, y)
+        return True
 
     def bind_product(self, a: int, factors: tuple[int, ...]) -> None:
         """State that position `a` is the product of `factors` (one atom per split dimension)."""
