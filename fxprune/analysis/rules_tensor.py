@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from .common import arg, channelwise, nothing, passthrough, pointwise, reshape_labels
 from .context import Analysis
 from .labels import Labels
-from .masked import build_masked_group_norm_fn, build_masked_layer_norm_fn
 from .registry import method_key as M
 from .registry import register_rule
 
@@ -45,19 +44,11 @@ register_rule(M("dim"), M("numel"), M("new_zeros"), M("new_ones"), M("new_empty"
               M("new_full"), M("new_tensor"), torch._assert, M("item"), M("tolist"), M("data_ptr"),
               torch.numel, builtins.len, M("element_size"), M("get_device"))(nothing)
 
-try:  # torchvision's fx-wrapped helpers
+try:  # torchvision's fx-wrapped stochastic depth: element-wise in eval, a per-sample scale in training
     from torchvision.ops.stochastic_depth import stochastic_depth
-    from torchvision.utils import _log_api_usage_once  # noqa: F401
 
     register_rule(stochastic_depth)(lambda a, node: passthrough(a, node))
 except ImportError:  # pragma: no cover - torchvision is a dependency
-    pass
-try:
-    from torchvision.models._utils import _make_divisible  # noqa: F401
-    import torchvision
-
-    register_rule(torchvision._assert if hasattr(torchvision, "_assert") else torch._assert)(nothing)
-except Exception:  # pragma: no cover
     pass
 
 # --- shape queries ------------------------------------------------------------------------------
