@@ -90,9 +90,33 @@ def torchvision_models() -> list[ModelSpec]:
     return [ModelSpec(n, builder(n), 299 if n == "inception_v3" else 224) for n in tvm.list_models(module=tvm)]
 
 
+TIMM_MODELS = (
+    "resnet50 resnet18d seresnext26d_32x4d res2net50_26w_4s resnest14d skresnet18 densenet121 dla34 dpn68 "
+    "cspresnet50 cspdarknet53 regnety_016 efficientnet_b0 efficientnetv2_rw_t mobilenetv3_large_100 "
+    "mobilenetv4_conv_small mixnet_s ghostnet_100 rexnet_100 hrnet_w18_small inception_v3 xception41 "
+    "convnext_tiny convnextv2_atto vit_small_patch16_224 deit_small_patch16_224 swin_tiny_patch4_window7_224 "
+    "levit_128 poolformer_s12 mobilevit_s edgenext_x_small fastvit_t8 repvgg_a0 efficientformer_l1 "
+    "coat_lite_tiny maxvit_nano_rw_256 tiny_vit_5m_224 beit_base_patch16_224 eva02_tiny_patch14_224 nfnet_l0"
+).split()
+
+
+def timm_models() -> list[ModelSpec]:
+    """The timm list of issue 3, random weights, at each model's default input size (`pretrained_cfg`)."""
+    import timm
+
+    def builder(name: str) -> Callable[[], Any]:
+        return lambda: timm.create_model(name, pretrained=False)
+
+    def size(name: str) -> int:
+        cfg = timm.get_pretrained_cfg(name)
+        return int(cfg.input_size[-1]) if cfg is not None else 224
+
+    return [ModelSpec(n, builder(n), size(n)) for n in TIMM_MODELS]
+
+
 MODEL_SETS: dict[str, Callable[[], list[ModelSpec]]] = {
     "torchvision": torchvision_models,
-    # "timm": timm_models,  -> add a function returning ModelSpec(name, builder, input size) tuples
+    "timm": timm_models,
 }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import TraceError
+from .specialise import SpecialisingTracerMixin
 
 META_SHAPE = "fxprune_shape"  # tuple[int, ...] for tensor outputs, list of them for tuple outputs
 META_FLOPS = "fxprune_flops"
@@ -38,32 +39,86 @@ def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(items)
 
 
-class LeafTracer(fx.Tracer):
-    """fx.Tracer with a leaf-module policy; remembers which module it was inside when tracing fails."""
+META_AUTO_LEAVES = "fxprune_auto_leaves"  # gm.meta: {qualname: why torch.fx could not trace it}
+META_SPECIALISED = "fxprune_specialised"  # gm.meta: {qualname: why it is traced with concrete shapes}
+MAX_FALLBACKS = 64
 
-    def __init__(self, leaf_modules: Sequence[type] = ()) -> None:
-        super().__init__()
-        self.leaf_types = tuple(leaf_modules)
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
+    """fx.Tracer with a leaf-module policy; remembers which module it was inside when tracing fails.
+
+    Leaves: torch.nn modules (fx's default), instances of the user's `leaf_modules` types, the submodules
+    named in `leaf_names` (the automatic fallback), and modules / functions that timm registered as
+    not traceable *when fxprune has a channel rule for that exact class or function* (others are traced
+    through: a leaf without a rule is opaque and freezes its channels, so tracing in is tried first).
+    Submodules named in `specialise` are traced with concrete shapes (see fxprune.specialise).
+    """
+
+    def __init__(self, leaf_modules: Sequence[type] = (), leaf_names: frozenset[str] = frozenset(),
+                 specialise: frozenset[str] = frozenset(), example_inputs: tuple[torch.Tensor, ...] = (),
+                 example_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(autowrap_functions=tuple(_notrace_functions_with_rules()))
+        self.leaf_types = tuple(leaf_modules) + tuple(_notrace_modules_with_rules())
+        self.leaf_names = leaf_names
         self.fxprune_scope: list[str] = []
+        self.init_specialise(specialise, example_inputs, example_kwargs or {})
+
+    def trace(self, root, concrete_args=None):  # noqa: ANN001 -- fx.Tracer's signature
+        if isinstance(root, nn.Module) and self.specialise:  # same class, same code: specialise them all
+            self.specialise_types = {type(root.get_submodule(p)) for p in self.specialise}
+        return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self.leaf_types and isinstance(m, self.leaf_types):
+        if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
-        self.fxprune_scope.append(self.path_of_module(m) or type(m).__name__)
+        path = self.path_of_module(m) or type(m).__name__
+        self.fxprune_scope.append(path)
+        special = self.enter_scope(path, m)
         out = super().call_module(m, forward, args, kwargs)
+        self.leave_scope(special)
         self.fxprune_scope.pop()
         return out
+
+
+def _timm_notrace() -> tuple[set, set]:
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # timm is optional
+        return set(), set()
+    return set(getattr(timm_fx, "_leaf_modules", ())), set(getattr(timm_fx, "_autowrap_functions", ()))
+
+
+def _notrace_modules_with_rules() -> list[type]:
+    from .analysis.registry import has_exact_rule
+
+    return [cls for cls in _timm_notrace()[0] if has_exact_rule(cls)]
+
+
+def _notrace_functions_with_rules() -> list[Any]:
+    from .analysis.registry import has_exact_rule
+
+    return [fn for fn in _timm_notrace()[1] if has_exact_rule(fn)]
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
           example_kwargs: dict[str, Any] | None = None, copy_model: bool = True) -> fx.GraphModule:
     """Trace `model` into a GraphModule annotated with shapes and FLOPs.
 
-    The model is deep-copied first (unless `copy_model=False`), so nothing done to the graph module
-    reaches the caller's model.
+    The model is deep-copied first (unless `copy_model=False`, which still copies the module objects but
+    shares their parameters and buffers), so nothing done during tracing or to the graph module reaches
+    the caller's model. When torch.fx fails inside a submodule (say, an `if` on a shape), tracing is
+    retried with that innermost submodule traced on concrete shapes (fxprune.specialise; listed in
+    `gm.meta["fxprune_specialised"]`); if it still fails there, it becomes an opaque leaf (listed with the
+    reason in `gm.meta["fxprune_auto_leaves"]`) whose entering and leaving channels the analysis keeps.
+    A failure outside every submodule raises TraceError.
 
     >>> import torch, torchvision, fxprune
     >>> gm = fxprune.trace(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64))
@@ -73,15 +128,34 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     inputs = as_input_tuple(example_inputs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    root = copy.deepcopy(model) if copy_model else model
-    tracer = LeafTracer(leaf_modules)
-    try:
-        graph = tracer.trace(root, concrete_args=_unused_defaults(model, len(inputs), example_kwargs or {}))
-    except Exception as exc:  # noqa: BLE001 -- any tracing failure becomes a TraceError
-        raise _trace_error(model, tracer, exc) from exc
+    kwargs = example_kwargs or {}
+    auto: dict[str, str] = {}  # submodule -> why it is an opaque leaf
+    special: dict[str, str] = {}  # submodule -> why it is traced with concrete shapes
+    while True:
+        root = copy.deepcopy(model) if copy_model else _structural_copy(model)
+        tracer = LeafTracer(leaf_modules, frozenset(auto), frozenset(special), inputs, kwargs)
+        try:
+            graph = tracer.trace(root, concrete_args=_unused_defaults(model, len(inputs), kwargs))
+            break
+        except Exception as exc:  # noqa: BLE001 -- any tracing failure: specialise, make a leaf, or raise
+            where = tracer.fxprune_scope[-1] if tracer.fxprune_scope else ""
+            if not where or where in auto or len(auto) + len(special) >= MAX_FALLBACKS:
+                raise _trace_error(model, tracer, exc) from exc
+            inside = any(where == s or where.startswith(s + ".") for s in special)
+            (auto if inside else special)[where] = _one_line(exc)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta[META_AUTO_LEAVES] = auto
+    gm.meta[META_SPECIALISED] = {k: v for k, v in special.items() if k not in auto}
     propagate_shapes(gm, inputs, example_kwargs or {})
     return gm
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """Copy the module tree (so forward-time attribute writes, e.g. caches, stay off the caller's model)
+    while sharing parameters and buffers (cheap; tracing never writes to them)."""
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
 
 
 def _unused_defaults(model: nn.Module, n_inputs: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:
@@ -104,6 +178,13 @@ def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceE
     sub = model.get_submodule(where) if where else model
     cls = type(sub).__name__
     place = f"submodule '{where}' ({cls})" if where else f"model {cls}"
+    if not where:
+        return TraceError(
+            f"torch.fx could not trace {place}: {type(exc).__name__}: {exc}. The failure is in the model's own "
+            f"forward, outside any submodule, so no part of it can be made an opaque leaf. This usually means "
+            f"data-dependent control flow (an `if` on a tensor value) or an untraceable call there. Fix: move "
+            f"that code into a submodule (fxprune then treats it as a leaf and keeps its channels), or make "
+            f"the forward traceable.")
     return TraceError(
         f"torch.fx could not trace {place}: {type(exc).__name__}: {exc}. This usually means data-dependent "
         f"control flow (an `if` on a tensor value) or an untraceable call. Fix: treat it as an opaque leaf, "

@@ -123,6 +123,7 @@ def run_analysis(gm: fx.GraphModule, strict: bool = True, opaque: tuple[type, ..
     """
     a = Analysis(gm, strict)
     a.opaque = tuple(opaque)
+    a.auto_leaves = dict(gm.meta.get("fxprune_auto_leaves", {}))
     for node in gm.graph.nodes:
         a.values[node.name] = _propagate(a, node)
     _freeze_outputs(a)
@@ -149,9 +150,10 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     labelled = [v for v in _input_labels(a, node) if v]
     if not labelled:
         return None
-    if node.op == "call_module" and a.opaque and isinstance(a.modules[node.target], a.opaque):
+    why = _opaque_reason(a, node)
+    if why:
         for lab in labelled:
-            a.freeze(lab, node, f"enters opaque leaf module {type(a.modules[node.target]).__name__}")
+            a.freeze(lab, node, why)
         return None
     if a.strict:
         raise UnsupportedOpError(
@@ -162,6 +164,18 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     for lab in labelled:
         a.freeze(lab, node, f"no channel rule for {describe_target(node, a.modules)} (strict=False)")
     return None
+
+
+def _opaque_reason(a: Analysis, node: fx.Node) -> str:
+    if node.op != "call_module":
+        return ""
+    cls = type(a.modules[node.target]).__name__
+    if node.target in a.auto_leaves:
+        return (f"enters '{node.target}' ({cls}), an automatic opaque leaf: torch.fx could not trace it "
+                f"({a.auto_leaves[node.target]})")
+    if a.opaque and isinstance(a.modules[node.target], a.opaque):
+        return f"enters opaque leaf module {cls}"
+    return ""
 
 
 def _input_labels(a: Analysis, node: fx.Node) -> list[Labels | None]:

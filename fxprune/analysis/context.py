@@ -41,6 +41,7 @@ class Analysis:
     def __post_init__(self) -> None:
         self.modules: dict[str, nn.Module] = dict(self.gm.named_modules())
         self.opaque: tuple[type, ...] = ()
+        self.auto_leaves: dict[str, str] = {}  # qualname -> why tracing fell back to a leaf there
 
     # -- reading ----------------------------------------------------------------------------
     def labels(self, arg: Any) -> Labels | None:

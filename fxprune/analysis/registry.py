@@ -65,6 +65,14 @@ def rule_for_key(key: Any) -> OpRule | None:
         return None
 
 
+def has_exact_rule(key: Any) -> bool:
+    """True when a rule is registered for exactly this class or function (not inherited)."""
+    try:
+        return key in _RULES
+    except TypeError:
+        return False
+
+
 def rule_for_node(node: fx.Node, modules: dict[str, nn.Module]) -> OpRule | None:
     if node.op == "call_module":
         return rule_for_key(type(modules[node.target]))

@@ -213,10 +213,29 @@ def sdpa_rule(a: Analysis, node: fx.Node) -> Labels | None:
     ve = v.get(-1) if v else None
     if ve is not None:
         dims[len(shapes[0]) - 1] = ve
-    mask = a.labels(arg(node, 3, "attn_mask"))
-    if mask:
-        a.freeze(mask, node, "attention mask with channels")
+    _bind_attn_mask(a, node, dims, len(shapes[0]))
     return Labels(a.shape(node), dims)
+
+
+def _bind_attn_mask(a: Analysis, node: fx.Node, dims: dict[int, np.ndarray], ndim: int) -> None:
+    """The additive mask / bias broadcasts against (..., heads, L, S): its batch-like dims (e.g. a per-head
+    relative position bias) share the query's channels there; a dense mask dim of full size freezes them."""
+    mask_node = arg(node, 3, "attn_mask")
+    shape = a.shape(mask_node) if isinstance(mask_node, fx.Node) else None
+    if shape is None:
+        return
+    mask = a.labels(mask_node)
+    for d, size in enumerate(shape):
+        od, md = d + ndim - len(shape), mask.get(d) if mask else None
+        if od >= ndim - 2 or od < 0:
+            if md is not None:
+                a.table.freeze_array(md, "attention mask labelled along its token dims")
+        elif md is not None and dims.get(od) is not None:
+            a.table.unify_arrays(dims[od], md)
+        elif md is not None:
+            a.table.freeze_array(md, "attention mask labelled where the query is not")
+        elif size != 1 and dims.get(od) is not None:
+            a.table.freeze_array(dims[od], "attention against a mask without channel identity")
 
 
 # --- einsum ------------------------------------------------------------------------------------------------

@@ -187,6 +187,9 @@ def getitem_rule(a: Analysis, node: fx.Node) -> Any:
         return Labels(out_shape)
     if isinstance(idx, fx.Node):  # table[index]: rows gathered by a tensor, trailing dims pass
         return _gather_rows(a, node, lab, idx, out_shape)
+    gathered = _single_tensor_index(idx)
+    if gathered is not None:  # table[:, index]: one dim gathered by a tensor, the others whole
+        return _gather_along(a, lab, gathered, idx[gathered], out_shape)
     items = _index_items(idx, lab.ndim)
     if items is None:
         a.freeze(lab, node, "advanced (tensor) indexing of a channel dimension")
@@ -199,6 +202,23 @@ def _gather_rows(a: Analysis, node: fx.Node, lab: Labels, idx: fx.Node, out_shap
         a.table.freeze_array(lab.get(0), "rows looked up by a tensor index")
     idx_nd = len(a.shape(idx) or ())
     return Labels(out_shape, {d - 1 + idx_nd: x for d, x in lab.dims.items() if d > 0})
+
+
+def _single_tensor_index(idx: Any) -> int | None:
+    """Position of the tensor in an index like (:, :, t): one tensor, every other item a full slice."""
+    if not isinstance(idx, tuple):
+        return None
+    tensors = [i for i, it in enumerate(idx) if isinstance(it, fx.Node)]
+    full = all(it == slice(None) for i, it in enumerate(idx) if i not in tensors)
+    return tensors[0] if len(tensors) == 1 and full else None
+
+
+def _gather_along(a: Analysis, lab: Labels, d: int, idx: fx.Node, out_shape) -> Labels:
+    if lab.get(d) is not None:
+        a.table.freeze_array(lab.get(d), "positions gathered by a tensor index")
+    shift = len(a.shape(idx) or ()) - 1
+    dims = {k if k < d else k + shift: x for k, x in lab.dims.items() if k != d}
+    return Labels(out_shape, {k: x for k, x in dims.items() if k < len(out_shape) and out_shape[k] == len(x)})
 
 
 def _basic_index(a: Analysis, node: fx.Node, lab: Labels, items: list[Any], out_shape) -> Labels:
@@ -295,14 +315,16 @@ def functional_layer_norm_rule(a: Analysis, node: fx.Node) -> Labels | None:
     lab = a.labels(node.args[0])
     shape = arg(node, 1, "normalized_shape")
     k = len(shape) if isinstance(shape, (tuple, list)) else 1
+    params = [a.labels(p) for p in (arg(node, 2, "weight"), arg(node, 3, "bias"))]
     if lab and k == 1 and lab.get(-1) is not None:
-        for p in (arg(node, 2, "weight"), arg(node, 3, "bias")):
-            pl = a.labels(p)
+        for pl in params:
             if pl and pl.get(0) is not None:
                 a.table.unify_arrays(lab.get(-1), pl.get(0))
         a.consume(node, 0, -1)
-    elif lab:
-        a.freeze(lab, node, "layer_norm over several dims")
+        return passthrough(a, node)
+    for x in (lab, *params):  # normalised dims without channel identity: the affine params stay whole
+        if x:
+            a.freeze(x, node, "layer_norm over several dims or over dims without channel identity")
     return passthrough(a, node)
 
 

@@ -157,12 +157,22 @@ def reduce_rule(a: Analysis, node: fx.Node) -> Labels | None:
     return Labels(out_shape, dims)
 
 
+def _freeze_along(a: Analysis, node: fx.Node, dim: Any, what: str) -> Labels | None:
+    """Shape-preserving ops that mix values along `dim`: channels along it are frozen, others pass."""
+    lab = a.labels(node.args[0])
+    if lab and dim is not None and lab.get(dim) is not None:
+        a.table.freeze_array(lab.get(dim), f"{what} over a channel dimension")
+    return passthrough(a, node)
+
+
 @register_rule(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, M("softmax"), M("log_softmax"))
 def softmax_rule(a: Analysis, node: fx.Node) -> Labels | None:
-    lab, dim = a.labels(node.args[0]), arg(node, 1, "dim")
-    if lab and dim is not None and lab.get(dim) is not None:
-        a.table.freeze_array(lab.get(dim), "softmax over a channel dimension")
-    return passthrough(a, node)
+    return _freeze_along(a, node, arg(node, 1, "dim"), "softmax")
+
+
+@register_rule(F.normalize)
+def normalize_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    return _freeze_along(a, node, arg(node, 2, "dim", 1), "normalize")
 
 
 # --- permutes ------------------------------------------------------------------------------------
