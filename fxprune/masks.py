@@ -45,6 +45,7 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
             if variant is not None:
                 maker = lambda arr: make_mask(ctx.keep_mask(arr))  # noqa: E731
                 replaced.add(node.name)
+                node.meta["fxprune_mask_dim"] = dim  # the masked variant's reduced dim (batch_norm stats)
                 _replace_with_masked(gm, node, variant, modules, mask_node, maker)
             else:
                 masked = gm.graph.call_function(apply_mask, (site.source(node), mask_node, dim))

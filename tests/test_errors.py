@@ -52,17 +52,46 @@ X = torch.randn(1, 3, 8, 8)
 
 
 # --- untraceable models ------------------------------------------------------------------------------
-def test_untraceable_submodule_names_it_and_suggests_leaf_modules():
-    m = net(gated=True)
+class RootGated(nn.Module):
+    """Data-dependent control flow in the model's own forward: no submodule can stand in for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.c2(y)
+
+
+def test_untraceable_root_forward_raises_trace_error_and_says_why():
+    m = RootGated().eval()
     snap = state_snapshot(m)
     for call in (lambda: fxprune.prune(m, X, ratio=0.5), lambda: fxprune.analyse(m, X),
                  lambda: fxprune.trace(m, X)):
         with pytest.raises(fxprune.TraceError) as ei:
             call()
         msg = str(ei.value)
-        assert "Gate" in msg and "'gate'" in msg and "leaf_modules" in msg
+        assert "RootGated" in msg and "outside any submodule" in msg and "submodule" in msg
         assert isinstance(ei.value, fxprune.FxPruneError)
         assert_unchanged(m, snap, X)
+
+
+def test_untraceable_submodule_becomes_an_automatic_opaque_leaf():
+    """torch.fx fails inside Gate: fxprune retries with it as a leaf and keeps the channels around it."""
+    m = net(gated=True)
+    snap = state_snapshot(m)
+    gm = fxprune.trace(m, X)
+    assert set(gm.meta["fxprune_auto_leaves"]) == {"gate"}
+    assert "TraceError" in gm.meta["fxprune_auto_leaves"]["gate"]
+    res = fxprune.prune(m, X, ratio=0.5)
+    assert res.model.c1.out_channels == 8 and res.model.c2.out_channels == 2
+    reasons = [why for _, why in res.report.frozen]
+    assert any("'gate'" in why and "automatic opaque leaf" in why for why in reasons), reasons
+    assert_slim_equals_masked(m, X, res)
+    assert_unchanged(m, snap, X)
 
 
 def test_leaf_modules_makes_untraceable_model_prunable():

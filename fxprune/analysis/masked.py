@@ -54,6 +54,27 @@ def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, num_groups: int, weig
     return y * mask.to(x.dtype).reshape(shape)
 
 
+@fx.wrap
+def masked_batch_norm(x: torch.Tensor, mask: torch.Tensor, dim: int, weight: torch.Tensor | None,
+                      bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """batch_norm with statistics from the input (training mode, e.g. timm's weight standardisation),
+    where the reduced dimension `dim` carries channels: mean and variance over its kept positions only."""
+    shape = [1] * x.dim()
+    shape[dim] = mask.numel()
+    m = mask.to(x.dtype).reshape(shape)
+    reduced = [d for d in range(x.dim()) if d != 1]
+    cnt = (m.sum() * x.numel() / (x.shape[1] * x.shape[dim])).clamp_min(1)
+    mean = (x * m).sum(reduced, keepdim=True) / cnt
+    var = (((x - mean) * m) ** 2).sum(reduced, keepdim=True) / cnt
+    y = (x - mean) / torch.sqrt(var + eps)
+    affine = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(affine)
+    if bias is not None:
+        y = y + bias.reshape(affine)
+    return y * m
+
+
 def _param(graph: fx.Graph, node: fx.Node, module: torch.nn.Module, name: str) -> fx.Node | None:
     return graph.get_attr(f"{node.target}.{name}") if getattr(module, name, None) is not None else None
 
@@ -89,4 +110,15 @@ def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mas
     return graph.call_function(masked_group_norm, (node.args[0], mask, g, w, b, eps))
 
 
-__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "F"]
+def build_masked_batch_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node,
+                               make_mask=None) -> fx.Node:
+    """Replacement for `F.batch_norm(x, None, None, weight, bias, training=True, ...)` in the masked model."""
+    args = list(node.args) + [None] * (8 - len(node.args))
+    w = node.kwargs.get("weight", args[3])
+    b = node.kwargs.get("bias", args[4])
+    eps = node.kwargs.get("eps", args[7] if args[7] is not None else 1e-5)
+    dim = node.meta.get("fxprune_mask_dim", 2)
+    return graph.call_function(masked_batch_norm, (node.args[0], mask, dim, w, b, eps))
+
+
+__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "masked_batch_norm", "F"]

@@ -16,8 +16,14 @@ _TCONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout: int, groups: int,
-                  transposed: bool) -> np.ndarray:
-    """Output atoms of a (grouped) convolution; binds the weight's dims. Groups factorise the channels."""
+                  transposed: bool, bind=None) -> np.ndarray:
+    """Output atoms of a (grouped) convolution; binds the weight's dims. Groups factorise the channels.
+
+    `bind(name, dim, atoms, role)` ties the weight / bias dims to atoms; by default the module's own
+    parameters `path.weight` / `path.bias` (functional convs pass their weight tensor's labels)."""
+    if bind is None:
+        def bind(name: str, dim: int, atoms: np.ndarray | None, role: str) -> None:
+            a.bind_param(f"{path}.{name}", dim, atoms, role)
     if groups == 1:
         out = a.fresh(cout, f"{path} output")
         in_per, out_per = lin, out
@@ -37,12 +43,12 @@ def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout
         out_per = a.fresh(cout // groups, f"{path} output channels per group")
         out = a.product_atoms([blocks, out_per], f"{path} output")
     if transposed:
-        a.bind_param(f"{path}.weight", 0, lin, "consumer")
-        a.bind_param(f"{path}.weight", 1, out_per, "producer")
+        bind("weight", 0, lin, "consumer")
+        bind("weight", 1, out_per, "producer")
     else:
-        a.bind_param(f"{path}.weight", 0, out, "producer")
-        a.bind_param(f"{path}.weight", 1, in_per, "consumer")
-    a.bind_param(f"{path}.bias", 0, out, "producer")
+        bind("weight", 0, out, "producer")
+        bind("weight", 1, in_per, "consumer")
+    bind("bias", 0, out, "producer")
     return out
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .common import arg, passthrough, pointwise
 from .context import Analysis
 from .labels import Labels
-from .masked import build_masked_group_norm_fn, build_masked_layer_norm_fn
+from .masked import build_masked_batch_norm_fn, build_masked_group_norm_fn, build_masked_layer_norm_fn
 from .registry import method_key as M
 from .registry import register_rule
 from .rules_modules import conv_channels
@@ -369,9 +369,28 @@ def functional_group_norm_rule(a: Analysis, node: fx.Node) -> Labels | None:
     return passthrough(a, node)
 
 
-@register_rule(F.batch_norm, F.instance_norm)
+def _stats_from_input(node: fx.Node) -> bool:
+    if node.target is F.instance_norm:
+        return bool(arg(node, 5, "use_input_stats", True))
+    return bool(arg(node, 5, "training", False))
+
+
+def _bind_stats_dims(a: Analysis, node: fx.Node, lab: Labels | None) -> None:
+    """Statistics taken over the input (training mode, instance norm, weight standardisation): one
+    labelled reduced dim is consumed (mask-aware statistics), several are frozen."""
+    reduced = [d for d in (lab.dims if lab else {}) if d != 1]
+    if len(reduced) == 1 and node.target is F.batch_norm:
+        a.consume(node, 0, reduced[0])
+    else:
+        for d in reduced:
+            a.table.freeze_array(lab.dims[d], "norm statistics taken over channels")
+
+
+@register_rule(F.batch_norm, F.instance_norm, masked=build_masked_batch_norm_fn)
 def functional_batch_norm_rule(a: Analysis, node: fx.Node) -> Labels | None:
     lab = a.labels(node.args[0])
+    if _stats_from_input(node):
+        _bind_stats_dims(a, node, lab)
     lin = lab.get(1) if lab else None
     for p in node.args[1:] + tuple(node.kwargs.values()):
         pl = a.labels(p)
@@ -385,30 +404,31 @@ def functional_batch_norm_rule(a: Analysis, node: fx.Node) -> Labels | None:
 
 @register_rule(F.conv1d, F.conv2d, F.conv3d)
 def functional_conv_rule(a: Analysis, node: fx.Node) -> Labels | None:
-    lab, w = a.labels(node.args[0]), arg(node, 1, "weight")
+    """F.conv with any weight tensor (a parameter, or one computed from it, e.g. weight standardisation):
+    the weight's labels are bound like a conv module's parameters, grouped convs included."""
+    lab, w, b = a.labels(node.args[0]), arg(node, 1, "weight"), arg(node, 2, "bias")
     a.freeze_dims_except(lab, {1}, node, "conv")
-    groups = arg(node, 6, "groups", 1)
-    ws = a.shape(w)
-    if not isinstance(w, fx.Node) or w.op != "get_attr" or groups != 1:
-        a.freeze(lab, node, "functional conv with a computed or grouped weight")
+    ws, wl, bl = a.shape(w), a.labels(w), a.labels(b)
+    if not isinstance(w, fx.Node) or ws is None:
+        a.freeze(lab, node, "functional conv with a constant weight")
         return Labels(a.shape(node))
-    wl = a.labels(w)
     for d in range(2, len(ws)):
         if wl and wl.get(d) is not None:
             a.table.freeze_array(wl.get(d), "convolution kernel positions")
+    tensors = {"weight": wl, "bias": bl}
+
+    def bind(name: str, dim: int, atoms: np.ndarray | None, role: str) -> None:
+        mine = tensors[name].get(dim) if tensors[name] else None
+        if mine is not None and atoms is not None:
+            a.table.unify_arrays(mine, atoms)
+        elif mine is not None:
+            a.table.freeze_array(mine, "conv over channels that cannot be pruned")
+
     lin = lab.get(1) if lab else None
-    if wl and wl.get(1) is not None:
-        if lin is not None:
-            a.table.unify_arrays(lin, wl.get(1))
-            a.consume(node, 0, 1)
-        else:
-            a.table.freeze_array(wl.get(1), "conv over channels that cannot be pruned")
-    out = wl.get(0) if wl else None
-    bl = a.labels(arg(node, 2, "bias"))
-    if out is not None and bl and bl.get(0) is not None:
-        a.table.unify_arrays(out, bl.get(0))
-    del ws
-    return Labels(a.shape(node), {1: out} if out is not None else {})
+    out = conv_channels(a, node.name, lin, ws[1] * arg(node, 6, "groups", 1), ws[0], arg(node, 6, "groups", 1),
+                        False, bind)
+    a.consume(node, 0, 1)
+    return Labels(a.shape(node), {1: out})
 
 
 __all__ = ["conv_channels", "pointwise"]
