@@ -91,18 +91,16 @@ class SpecialisingTracerMixin:
                 return self.example_meta[i]
             return self.example_kwargs_meta.get(target)
         if kind == "get_attr":
-            obj: Any = self.root
-            for part in str(target).split("."):
-                obj = getattr(obj, part)
-            return _meta_of(obj)
+            return _meta_of(_lookup(self.root, str(target)))
         margs, mkwargs = _to_meta(args), _to_meta(kwargs)
-        with torch.no_grad(), _patches_reverted():
+        with torch.no_grad():
             if kind == "call_function":
                 return target(*margs, **mkwargs)
             if kind == "call_method":
                 return getattr(margs[0], target)(*margs[1:], **mkwargs)
-            if kind == "call_module":
-                return _run_module_on_meta(self.root.get_submodule(target), margs, mkwargs)
+            if kind == "call_module":  # runs module code: fx's patches off, so nothing is recorded
+                with _patches_reverted():
+                    return _run_module_on_meta(_lookup(self.root, target), margs, mkwargs)
         return None
 
     def concrete_size(self, proxy: fx.Proxy) -> tuple | None:
@@ -128,6 +126,18 @@ class SpecialisingTracerMixin:
 
     def leave_scope(self, special: bool) -> None:
         self.special_depth -= special
+
+
+def _lookup(root: nn.Module, target: str) -> Any:
+    """`root.a.b.c` read through the modules' own dicts (fx patches nn.Module.__getattr__ while tracing)."""
+    obj: Any = root
+    for part in target.split("."):
+        if isinstance(obj, nn.Module):
+            found = [d[part] for d in (obj._modules, obj._parameters, obj._buffers) if part in d]
+            obj = found[0] if found else object.__getattribute__(obj, part)
+        else:
+            obj = getattr(obj, part)
+    return obj
 
 
 def _patches_reverted() -> Any:

@@ -41,6 +41,7 @@ class Analysis:
     def __post_init__(self) -> None:
         self.modules: dict[str, nn.Module] = dict(self.gm.named_modules())
         self.opaque: tuple[type, ...] = ()
+        self.whole_params: set[tuple[str, int]] = set()  # (param, dim) an op uses whole (bound to None)
         self.auto_leaves: dict[str, str] = {}  # qualname -> why tracing fell back to a leaf there
 
     # -- reading ----------------------------------------------------------------------------
@@ -64,9 +65,14 @@ class Analysis:
 
     def bind_param(self, qualname: str, dim: int, atoms: np.ndarray | None, role: str = "pass") -> None:
         """Say that `qualname` along `dim` carries `atoms` (unifying if the parameter is shared)."""
-        if atoms is None or not self._has_tensor(qualname):
+        if not self._has_tensor(qualname):
             return
         per = self.params.setdefault(qualname, {})
+        if atoms is None:  # the op keeps this dim whole (e.g. a conv over unprunable input channels)
+            self.whole_params.add((qualname, dim))
+            if dim in per:
+                self.table.freeze_array(per[dim], f"{qualname} dim {dim} is used whole")
+            return
         if dim in per:
             self.table.unify_arrays(per[dim], atoms)
         else:
@@ -82,6 +88,8 @@ class Analysis:
         per = self.params.setdefault(qualname, {})
         if dim not in per:
             per[dim] = self.fresh(size, f"{qualname}[dim {dim}]")
+            if (qualname, dim) in self.whole_params:
+                self.table.freeze_array(per[dim], f"{qualname} dim {dim} is used whole")
         return per[dim]
 
     def consume(self, node: fx.Node, arg: int | str, dim: int) -> None:

@@ -222,10 +222,24 @@ def rewrite_sizes(ctx, node: fx.Node) -> None:
     if found is None or not lab:
         return
     sizes, where = found
-    for d, arr in lab.dims.items():  # channel dims are static: write the new count even over x.size(i)
-        if d < len(sizes) and (isinstance(sizes[d], fx.Node) or (isinstance(sizes[d], int) and sizes[d] != -1)):
+    for d, arr in lab.dims.items():
+        if d >= len(sizes):
+            continue
+        if isinstance(sizes[d], fx.Node):
+            sizes[d] = _scaled_size(node, sizes[d], ctx.alive_count(arr), len(arr))
+        elif isinstance(sizes[d], int) and sizes[d] != -1:
             sizes[d] = ctx.alive_count(arr)
     node.args = (node.args[0], tuple(sizes)) if where == -1 else (node.args[0], *sizes)
+
+
+def _scaled_size(node: fx.Node, size: fx.Node, alive: int, traced: int) -> fx.Node:
+    """A computed size (e.g. `B * C * n` or `x.size(1)`) scaled by kept / traced channels, so that the
+    factors that are not channels (the batch) stay dynamic: size * alive // traced."""
+    if alive == traced:
+        return size
+    with node.graph.inserting_before(node):
+        times = node.graph.call_function(operator.mul, (size, alive))
+        return node.graph.call_function(operator.floordiv, (times, traced))
 
 
 @register_rule(M("view"), M("reshape"), torch.reshape, rewrite=rewrite_sizes)
