@@ -7,8 +7,9 @@ falls back to a real pass for data-dependent ops that meta tensors cannot run). 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -71,7 +72,8 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
     def trace(self, root, concrete_args=None):  # noqa: ANN001 -- fx.Tracer's signature
         if isinstance(root, nn.Module) and self.specialise:  # same class, same code: specialise them all
             self.specialise_types = {type(root.get_submodule(p)) for p in self.specialise}
-        return super().trace(root, concrete_args)
+        with _timm_wraps_without_rules_lifted():
+            return super().trace(root, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):
@@ -94,6 +96,33 @@ def _timm_notrace() -> tuple[set, set]:
     except ImportError:  # timm is optional
         return set(), set()
     return set(getattr(timm_fx, "_leaf_modules", ())), set(getattr(timm_fx, "_autowrap_functions", ()))
+
+
+@contextlib.contextmanager
+def _timm_wraps_without_rules_lifted() -> Iterator[None]:
+    """timm marks some functions with `torch.fx.wrap` (always one opaque call_function node). For those
+    fxprune has no rule for, trace through them instead: an opaque node would freeze every channel it
+    touches. (Shape-dependent code inside them is handled by the specialising fallback.)"""
+    from torch.fx import _symbolic_trace as st
+
+    table = getattr(st, "_wrapped_fns_to_patch", None)
+    lifted = {}
+    if isinstance(table, dict):
+        registered = {getattr(f, "__name__", None): f for f in _timm_notrace()[1]}
+        for key, frame_globals in list(table.items()):
+            fn = registered.get(key[1])
+            if fn is not None and frame_globals.get(key[1]) is fn and not _has_rule(fn):
+                lifted[key] = table.pop(key)
+    try:
+        yield
+    finally:
+        table.update(lifted) if lifted else None
+
+
+def _has_rule(fn: Any) -> bool:
+    from .analysis.registry import has_exact_rule
+
+    return has_exact_rule(fn)
 
 
 def _notrace_modules_with_rules() -> list[type]:
