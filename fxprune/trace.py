@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -74,6 +75,16 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
             self.specialise_types = {type(root.get_submodule(p)) for p in self.specialise}
         with _timm_wraps_without_rules_lifted():
             return super().trace(root, concrete_args)
+
+    def create_arg(self, a: Any) -> Any:
+        """Keep the type of structured outputs: dataclasses (Hugging Face's ModelOutput, an OrderedDict
+        dataclass, included) and dict subclasses are rebuilt by a call to their class in the graph."""
+        if dataclasses.is_dataclass(a) and not isinstance(a, type):
+            kwargs = {f.name: self.create_arg(getattr(a, f.name)) for f in dataclasses.fields(a) if f.init}
+            return self.create_node("call_function", type(a), (), kwargs)
+        if isinstance(a, dict) and type(a) is not dict and not isinstance(a, fx.immutable_collections.immutable_dict):
+            return self.create_node("call_function", type(a), (super().create_arg(dict(a)),), {})
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types)):

@@ -5,6 +5,8 @@ Used by tests/test_rules.py, tests/test_errors.py and tests/test_properties.py.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import random
 from typing import Any
@@ -28,6 +30,9 @@ torch.set_num_threads(1)
 
 # --- comparing outputs ------------------------------------------------------------------------------
 def _tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a (nested) output, dataclass fields (e.g. Hugging Face ModelOutputs) included."""
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        return [t for f in dataclasses.fields(out) for t in _tensors(getattr(out, f.name))]
     leaves, _ = tree_flatten(out)
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 

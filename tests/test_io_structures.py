@@ -1,7 +1,9 @@
-"""example_inputs as a tuple (and kwargs); outputs as tuples, lists, dicts and namedtuples."""
+"""example_inputs as a tuple (and kwargs); outputs as tuples, lists, dicts, namedtuples, dataclasses and
+Hugging Face style ModelOutputs (an OrderedDict that is also a dataclass)."""
 from __future__ import annotations
 
-from collections import namedtuple
+import dataclasses
+from collections import OrderedDict, namedtuple
 
 import pytest
 import torch
@@ -11,6 +13,28 @@ import fxprune
 from helpers import assert_slim_equals_masked, outputs
 
 Pair = namedtuple("Pair", ["logits", "features"])
+
+
+@dataclasses.dataclass
+class DataOut:
+    logits: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+class ModelOutput(OrderedDict):
+    """The shape of transformers.utils.ModelOutput: a dict whose non-None fields are also attributes."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is not None:
+                self[f.name] = getattr(self, f.name)
+
+
+@dataclasses.dataclass
+class HFOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    attentions: torch.Tensor | None = None
 
 
 class TwoInputs(nn.Module):
@@ -34,10 +58,14 @@ class TwoInputs(nn.Module):
             return [logits, f]
         if self.kind == "dict":
             return {"logits": logits, "features": f}
+        if self.kind == "dataclass":
+            return DataOut(logits=logits, features=f)
+        if self.kind == "modeloutput":
+            return HFOutput(logits=logits, features=f)
         return Pair(logits, f)
 
 
-@pytest.mark.parametrize("kind", ["tuple", "list", "dict", "namedtuple"])
+@pytest.mark.parametrize("kind", ["tuple", "list", "dict", "namedtuple", "dataclass", "modeloutput"])
 def test_output_structures(kind: str) -> None:
     torch.manual_seed(0)
     m = TwoInputs(kind).eval()
@@ -46,6 +74,8 @@ def test_output_structures(kind: str) -> None:
     out = res.model(*x)
     dense = m(*x)
     assert type(out) is type(dense) or (kind == "namedtuple" and tuple(out) is not None)
+    if kind in ("dataclass", "modeloutput"):
+        assert torch.equal(out.logits, outputs(res.model, x)[0]) and out.features.shape == dense.features.shape
     # every output's channels are kept (they reach the network output)
     assert [t.shape for t in outputs(res.model, x)] == [t.shape for t in outputs(m, x)]
     assert res.model.a.out_channels < 8  # the hidden group (a + b) is pruned
