@@ -32,9 +32,12 @@ EPILOG = """examples:
   fxprune prune torchvision:mobilenet_v3_small --ratio 0.3 --input-size 3,160,160 --out runs/mnv3
   fxprune export torchvision:resnet50 --plan runs/r50/plan.json --format torchscript --out r50.pt
 
-MODEL forms: torchvision:NAME (torchvision.models.get_model(NAME, weights=None), random weights)
+  fxprune prune timm:convnext_tiny --ratio 0.5 --out runs/cnx
+
+MODEL forms: torchvision:NAME (torchvision.models.get_model(NAME, weights=None), random weights),
+             timm:NAME (timm.create_model(NAME, pretrained=False), input size from its pretrained_cfg)
 """
-MODEL_FORMS = "torchvision:NAME (e.g. torchvision:resnet18)"
+MODEL_FORMS = "torchvision:NAME (e.g. torchvision:resnet18) or timm:NAME (e.g. timm:convnext_tiny)"
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 INPUT_SIZE_OF = {"inception_v3": (3, 299, 299)}
 FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -59,24 +62,54 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     return dims
 
 
-def load_model(spec: str):
-    """Build the model a MODEL argument names, in eval mode, with random weights (no downloads)."""
-    kind, _, name = spec.partition(":")
-    if kind != "torchvision" or not name:
-        raise UsageError(f"unknown model spec {spec!r}; accepted forms: {MODEL_FORMS}")
+def _torchvision_model(name: str):
     import torchvision
 
     try:
-        return torchvision.models.get_model(name, weights=None).eval()
+        return torchvision.models.get_model(name, weights=None)
     except ValueError as e:
         raise UsageError(f"torchvision has no model {name!r} ({e}); list them with "
                          f"python -c 'import torchvision; print(torchvision.models.list_models())'") from e
 
 
+def _timm_model(name: str):
+    try:
+        import timm
+    except ImportError as e:
+        raise UsageError("timm:NAME needs the timm package: pip install timm") from e
+    if not timm.is_model(name):
+        raise UsageError(f"timm has no model {name!r}; list them with python -c 'import timm; "
+                         f"print(timm.list_models())'")
+    return timm.create_model(name, pretrained=False)
+
+
+def _timm_input_size(name: str) -> tuple[int, ...] | None:
+    try:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 -- unknown names are reported by load_model
+        return None
+    return tuple(cfg.input_size) if cfg is not None and getattr(cfg, "input_size", None) else None
+
+
+MODEL_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model}  # prefix -> builder(name)
+
+
+def load_model(spec: str):
+    """Build the model a MODEL argument names, in eval mode, with random weights (no downloads)."""
+    kind, _, name = spec.partition(":")
+    if kind not in MODEL_SOURCES or not name:
+        raise UsageError(f"unknown model spec {spec!r}; accepted forms: {MODEL_FORMS}")
+    return MODEL_SOURCES[kind](name).eval()
+
+
 def example_input(spec: str, input_size: tuple[int, ...] | None):
     import torch
 
-    size = input_size or INPUT_SIZE_OF.get(spec.partition(":")[2], DEFAULT_INPUT_SIZE)
+    kind, _, name = spec.partition(":")
+    default = (_timm_input_size(name) if kind == "timm" else None) or INPUT_SIZE_OF.get(name, DEFAULT_INPUT_SIZE)
+    size = input_size or default
     torch.manual_seed(0)
     return torch.randn(1, *size)
 

@@ -104,12 +104,28 @@ def test_no_command_is_usage_error(capsys):
     assert "COMMAND" in err or "required" in err
 
 
-@pytest.mark.parametrize("spec", ["resnet18", "timm:resnet18", "torchvision:", "hub:foo/bar"])
+@pytest.mark.parametrize("spec", ["resnet18", "timm:", "torchvision:", "hub:foo/bar"])
 def test_unknown_model_spec_exits_2_naming_accepted_forms(capsys, spec):
     code, out, err = run_cli(capsys, "analyse", spec)
     assert code == 2
-    assert repr(spec) in err and "torchvision:NAME" in err
+    assert repr(spec) in err and "torchvision:NAME" in err and "timm:NAME" in err
     assert out == ""
+
+
+def test_unknown_timm_name_exits_2(capsys):
+    code, _, err = run_cli(capsys, "analyse", "timm:no_such_net")
+    assert code == 2
+    assert "no_such_net" in err and "list_models" in err
+
+
+def test_timm_model_prunes_at_its_pretrained_cfg_input_size(capsys, tmp_path):
+    assert cli.example_input("timm:mobilevit_xxs", None).shape == (1, 3, 256, 256)
+    code, out, err = run_cli(capsys, "prune", "timm:mobilenetv3_small_050", "--ratio", "0.5", "--input-size",
+                             "3,64,64", "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["report"]["flops_ratio"] <= 0.6
+    assert (tmp_path / "plan.json").exists()
 
 
 def test_unknown_torchvision_name_exits_2(capsys):
