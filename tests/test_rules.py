@@ -878,3 +878,35 @@ def test_stack_ties_the_stacked_channels():
     res = fxprune.prune(m, img(), ratio=0.5)
     assert res.model.a.out_channels == res.model.b.out_channels == 4
     assert_slim_equals_masked(m, img(), res)
+
+
+class ChannelReduction(nn.Module):
+    """GRN-style: a reduction over the channel dim feeds back into the features."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.c1, self.c2 = how, nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.c1(x)
+        g = {"mean": lambda t: t.mean(1, keepdim=True), "sum": lambda t: torch.sum(t, dim=1, keepdim=True),
+             "norm": lambda t: t.norm(p=2, dim=1, keepdim=True), "amax": lambda t: t.amax(1, keepdim=True),
+             "grn": lambda t: t.norm(p=2, dim=(2, 3), keepdim=True).mean(dim=1, keepdim=True)}[self.how](h)
+        return self.c2(h / (g.abs() + 1.0))
+
+
+@pytest.mark.parametrize("how", ["mean", "sum", "norm", "grn"])
+def test_sum_mean_norm_over_channels_are_prunable(how):
+    """Zeroing pruned channels before sum / norm changes nothing; mean divides by the kept count."""
+    m = ChannelReduction(how).eval()
+    x = torch.randn(2, 3, 5, 5)
+    res, _ = check_prune(m, x, ratio=0.5)
+    assert res.model.c1.out_channels == 4
+
+
+def test_amax_over_channels_freezes_them():
+    m = ChannelReduction("amax").eval()
+    x = torch.randn(2, 3, 5, 5)
+    res = fxprune.prune(m, x, ratio=0.5)
+    assert res.model.c1.out_channels == 8
+    assert any("amax" in why for _, why in res.report.frozen)

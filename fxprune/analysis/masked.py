@@ -75,6 +75,20 @@ def masked_batch_norm(x: torch.Tensor, mask: torch.Tensor, dim: int, weight: tor
     return y * m
 
 
+@fx.wrap
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int, dims: list[int] | None,
+                keepdim: bool) -> torch.Tensor:
+    """mean over `dims`, where `dim` (one of them) carries channels: the average over kept positions."""
+    shape = [1] * x.dim()
+    shape[dim] = mask.numel()
+    m = mask.to(x.dtype).reshape(shape)
+    dims = list(range(x.dim())) if dims is None else [d % x.dim() for d in dims]
+    others = 1
+    for d in dims:
+        others *= x.shape[d] if d != dim else 1
+    return (x * m).sum(dims, keepdim=keepdim) / (m.sum() * others).clamp_min(1)
+
+
 def _param(graph: fx.Graph, node: fx.Node, module: torch.nn.Module, name: str) -> fx.Node | None:
     return graph.get_attr(f"{node.target}.{name}") if getattr(module, name, None) is not None else None
 
@@ -121,4 +135,14 @@ def build_masked_batch_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mas
     return graph.call_function(masked_batch_norm, (node.args[0], mask, dim, w, b, eps))
 
 
-__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "masked_batch_norm", "F"]
+def build_masked_mean(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
+    """Replacement for `torch.mean(x, dim, keepdim)` / `x.mean(dim, keepdim)` in the masked model."""
+    args = list(node.args) + [None] * (3 - len(node.args))
+    dims = node.kwargs.get("dim", args[1])
+    dims = [dims] if isinstance(dims, int) else (list(dims) if dims is not None else None)
+    keepdim = bool(node.kwargs.get("keepdim", args[2] or False))
+    dim = node.meta.get("fxprune_mask_dim", 1)
+    return graph.call_function(masked_mean, (node.args[0], mask, dim, dims, keepdim))
+
+
+__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "masked_batch_norm", "masked_mean", "F"]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .common import arg, channelwise, nothing, passthrough, pointwise, reshape_labels
 from .context import Analysis
 from .labels import Labels
+from .masked import build_masked_mean
 from .registry import method_key as M
 from .registry import register_rule
 
@@ -130,31 +131,58 @@ def roll_rule(a: Analysis, node: fx.Node) -> Labels | None:
 
 
 # --- reductions --------------------------------------------------------------------------------
+_NORMS = (torch.norm, M("norm"))
+_MASKABLE = {torch.sum, M("sum"), torch.mean, M("mean"), *_NORMS}  # zeros at pruned positions add nothing
+
+
+def _key(node: fx.Node) -> Any:
+    return M(node.target) if node.op == "call_method" else node.target
+
+
 def _reduced_dims(node: fx.Node, ndim: int) -> list[int] | None:
-    dims = arg(node, 1, "dim")
+    dims = arg(node, 2, "dim") if _key(node) in _NORMS else arg(node, 1, "dim")
     if dims is None:
         return None
     dims = [dims] if isinstance(dims, int) else list(dims)
     return [d % ndim for d in dims]
 
 
-@register_rule(torch.mean, torch.sum, torch.amax, torch.amin, M("mean"), M("sum"), M("amax"), M("amin"),
-               torch.std, torch.var, M("std"), M("var"), torch.logsumexp, M("logsumexp"), torch.norm, M("norm"))
-def reduce_rule(a: Analysis, node: fx.Node) -> Labels | None:
+def _keepdim(node: fx.Node) -> bool:
+    return bool(arg(node, 3, "keepdim", False) if _key(node) in _NORMS else arg(node, 2, "keepdim", False))
+
+
+def _maskable(node: fx.Node) -> bool:
+    if _key(node) in _NORMS:
+        return arg(node, 1, "p", "fro") in ("fro", 1, 2, 1.0, 2.0)
+    return _key(node) in _MASKABLE
+
+
+def _reduce(a: Analysis, node: fx.Node) -> Labels | None:
+    """Reductions. One channel dim reduced by sum / mean / a 1- or 2-norm is *consumed*: the masked model
+    zeroes the pruned channels first (and mean divides by the kept count), so the slim model's plain
+    reduction over the kept channels computes the same. Anything else over channels freezes them."""
     lab, out_shape = a.labels(node.args[0]), a.shape(node)
     if not lab or out_shape is None:
         return Labels(out_shape) if out_shape is not None else None
     reduced = _reduced_dims(node, lab.ndim)
     reduced = list(range(lab.ndim)) if reduced is None else reduced
-    keepdim = bool(arg(node, 2, "keepdim", False))
+    keepdim = _keepdim(node)
+    over = [d for d in reduced if d in lab.dims]
+    if len(over) == 1 and _maskable(node):
+        a.consume(node, 0, over[0])
+    else:
+        for d in over:
+            a.table.freeze_array(lab.dims[d], f"reduced over by {getattr(node.target, '__name__', node.target)}")
     dims: dict[int, np.ndarray] = {}
     for d, arr in lab.dims.items():
-        if d in reduced:
-            a.table.freeze_array(arr, "reduced over by mean/sum/norm")
-            continue
-        nd = d if keepdim else d - sum(1 for r in reduced if r < d)
-        dims[nd] = arr
+        if d not in reduced:
+            dims[d if keepdim else d - sum(1 for r in reduced if r < d)] = arr
     return Labels(out_shape, dims)
+
+
+register_rule(torch.sum, M("sum"), torch.amax, torch.amin, M("amax"), M("amin"), torch.std, torch.var,
+              M("std"), M("var"), torch.logsumexp, M("logsumexp"), torch.norm, M("norm"))(_reduce)
+register_rule(torch.mean, M("mean"), masked=build_masked_mean)(_reduce)
 
 
 def _freeze_along(a: Analysis, node: fx.Node, dim: Any, what: str) -> Labels | None:
