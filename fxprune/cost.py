@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis.analyse import GraphAnalysis
+from .flops import FlopCounter
 from .rewrite.context import RewriteContext
 from .trace import META_FLOPS, as_input_tuple
 
@@ -92,7 +92,7 @@ def count_flops(module: nn.Module, example_inputs) -> int:
     48
     """
     inputs = as_input_tuple(example_inputs)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounter()
     with counter, torch.no_grad():
         module(*inputs)
     return int(counter.get_total_flops())

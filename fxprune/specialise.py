@@ -68,7 +68,7 @@ class SpecialisingTracerMixin:
         self.specialise_types: set[type] = set()  # filled by the tracer: the classes of `specialise`
         self.example_meta = [_meta_of(t) for t in example_inputs]
         self.example_kwargs_meta = _to_meta(example_kwargs)
-        self.special_depth = 0
+        self.special_depth = int("" in specialise)  # "": the model's own forward is specialised
         self._placeholders = 0
 
     def proxy(self, node: fx.Node) -> fx.Proxy:

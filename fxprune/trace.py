@@ -3,7 +3,8 @@
 The tracer follows torch.fx's default leaf policy (modules of `torch.nn` are leaves) plus any module
 types the user names in `leaf_modules`. Shapes come from one forward pass on meta tensors (no real compute;
 falls back to a real pass for data-dependent ops that meta tensors cannot run). FLOPs per node come from
-`torch.utils.flop_counter.FlopCounterMode`, so fxprune counts FLOPs exactly as PyTorch does.
+torch's flop formulas (`fxprune.flops.FlopCounter`, FlopCounterMode without its module tracker), so
+fxprune counts FLOPs exactly as PyTorch does.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import TraceError
+from .flops import FlopCounter
 from .specialise import SpecialisingTracerMixin
 
 META_SHAPE = "fxprune_shape"  # tuple[int, ...] for tensor outputs, list of them for tuple outputs
@@ -179,10 +180,10 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
             break
         except Exception as exc:  # noqa: BLE001 -- any tracing failure: specialise, make a leaf, or raise
             where = tracer.fxprune_scope[-1] if tracer.fxprune_scope else ""
-            if not where or where in auto or len(auto) + len(special) >= MAX_FALLBACKS:
+            inside = "" in special or any(where == s or where.startswith(s + ".") for s in special)
+            if (not where and inside) or where in auto or len(auto) + len(special) >= MAX_FALLBACKS:
                 raise _trace_error(model, tracer, exc) from exc
-            inside = any(where == s or where.startswith(s + ".") for s in special)
-            (auto if inside else special)[where] = _one_line(exc)
+            (auto if inside and where else special)[where] = _one_line(exc)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[META_AUTO_LEAVES] = auto
     gm.meta[META_SPECIALISED] = {k: v for k, v in special.items() if k not in auto}
@@ -232,7 +233,7 @@ def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceE
         f"forward traceable.")
 
 
-# Modules / functions that FlopCounterMode never charges (it counts matmuls, convs and attention only);
+# Modules / functions that the FLOP counter never charges (it counts matmuls, convs and attention only);
 # running them outside the counter skips its slow decompositions (e.g. batch_norm on meta tensors).
 _NO_FLOP_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU,
                     nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Dropout, nn.Identity, nn.MaxPool2d,
@@ -247,7 +248,7 @@ _SAME_SHAPE_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNor
 
 
 class _ShapeRecorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode) -> None:
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounter) -> None:
         super().__init__(gm)
         self.counter = counter
         self.modules = dict(gm.named_modules())
@@ -288,9 +289,9 @@ class _ShapeRecorder(fx.Interpreter):
 
 
 class _suspended:
-    """Temporarily leave a dispatch mode (FlopCounterMode) for ops it would not charge anyway."""
+    """Temporarily leave a dispatch mode (the FLOP counter) for ops it would not charge anyway."""
 
-    def __init__(self, mode: FlopCounterMode) -> None:
+    def __init__(self, mode: FlopCounter) -> None:
         self.mode = mode
 
     def __enter__(self) -> None:
@@ -343,7 +344,7 @@ def _run_on_meta(gm: fx.GraphModule, args: list[Any]) -> None:
 
 
 def _run_recorder(gm: fx.GraphModule, args: list[Any]) -> None:
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounter()
     with torch.no_grad(), counter:
         _ShapeRecorder(gm, counter).run(*args)
 

@@ -16,7 +16,7 @@ _TCONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout: int, groups: int,
-                  transposed: bool, bind=None) -> np.ndarray:
+                  transposed: bool, bind=None, extra: dict | None = None) -> np.ndarray:
     """Output atoms of a (grouped) convolution; binds the weight's dims. Groups factorise the channels.
 
     `bind(name, dim, atoms, role)` ties the weight / bias dims to atoms; by default the module's own
@@ -31,6 +31,8 @@ def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout
         in_per = np.full((1,), -1, dtype=np.int64)
         out_per = a.fresh(cout // groups, f"{path} output channels per group")
         out = lin if cout == cin else a.product_atoms([lin, out_per], f"{path} output")
+        if extra is not None:
+            extra["groups"] = lin  # one conv group per input channel
     else:
         blocks = a.fresh(groups, f"{path} conv groups", "blocks")
         in_per = a.fresh(cin // groups, f"{path} input channels per group")
@@ -42,6 +44,8 @@ def conv_channels(a: Analysis, path: str, lin: np.ndarray | None, cin: int, cout
             a.bind_products(lin, [blocks, in_per])
         out_per = a.fresh(cout // groups, f"{path} output channels per group")
         out = a.product_atoms([blocks, out_per], f"{path} output")
+        if extra is not None:
+            extra["groups"] = blocks
     if transposed:
         bind("weight", 0, lin, "consumer")
         bind("weight", 1, out_per, "producer")

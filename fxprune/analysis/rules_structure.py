@@ -402,7 +402,19 @@ def functional_batch_norm_rule(a: Analysis, node: fx.Node) -> Labels | None:
     return passthrough(a, node)
 
 
-@register_rule(F.conv1d, F.conv2d, F.conv3d)
+def rewrite_conv_groups(ctx, node: fx.Node) -> None:
+    """F.conv's `groups` argument: the number of conv groups left (depthwise: the kept channels)."""
+    groups = ctx.extra(node).get("groups")
+    if groups is None:
+        return
+    n = ctx.alive_count(groups)
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], n, *node.args[7:])
+    else:
+        node.kwargs = {**node.kwargs, "groups": n}
+
+
+@register_rule(F.conv1d, F.conv2d, F.conv3d, rewrite=rewrite_conv_groups)
 def functional_conv_rule(a: Analysis, node: fx.Node) -> Labels | None:
     """F.conv with any weight tensor (a parameter, or one computed from it, e.g. weight standardisation):
     the weight's labels are bound like a conv module's parameters, grouped convs included."""
@@ -424,9 +436,10 @@ def functional_conv_rule(a: Analysis, node: fx.Node) -> Labels | None:
         elif mine is not None:
             a.table.freeze_array(mine, "conv over channels that cannot be pruned")
 
-    lin = lab.get(1) if lab else None
-    out = conv_channels(a, node.name, lin, ws[1] * arg(node, 6, "groups", 1), ws[0], arg(node, 6, "groups", 1),
-                        False, bind)
+    lin, groups, extra = lab.get(1) if lab else None, arg(node, 6, "groups", 1), {}
+    out = conv_channels(a, node.name, lin, ws[1] * groups, ws[0], groups, False, bind, extra)
+    if extra:
+        a.node_extra[node.name] = extra
     a.consume(node, 0, 1)
     return Labels(a.shape(node), {1: out})
 

@@ -185,6 +185,27 @@ register_rule(torch.sum, M("sum"), torch.amax, torch.amin, M("amax"), M("amin"),
 register_rule(torch.mean, M("mean"), masked=build_masked_mean)(_reduce)
 
 
+@register_rule(torch.max, torch.min, M("max"), M("min"))
+def max_rule(a: Analysis, node: fx.Node) -> Any:
+    """max / min: of two tensors element-wise; over a dim, a (values, indices) pair; over all, a scalar.
+    A channel dim reduced by max / min is frozen (a zeroed channel could be the max)."""
+    other = arg(node, 1, "dim") if "other" not in node.kwargs else node.kwargs["other"]
+    if isinstance(other, fx.Node):
+        return pointwise(a, node)
+    lab = a.labels(node.args[0])
+    if other is None:
+        a.freeze(lab, node, f"{node.target} over every dim")
+        return Labels(a.shape(node)) if a.shape(node) is not None else None
+    keepdim = bool(arg(node, 2, "keepdim", False))
+    d = other % lab.ndim if lab else other
+    if lab and lab.get(d) is not None:
+        a.table.freeze_array(lab.get(d), f"reduced over by {node.target}")
+    shape = tuple(s for i, s in enumerate(lab.shape) if i != d or keepdim) if lab else None
+    dims = {(i if keepdim or i < d else i - 1): x for i, x in (lab.dims.items() if lab else ()) if i != d}
+    out = Labels(shape, dims) if shape is not None else None
+    return [out, out]
+
+
 def _freeze_along(a: Analysis, node: fx.Node, dim: Any, what: str) -> Labels | None:
     """Shape-preserving ops that mix values along `dim`: channels along it are frozen, others pass."""
     lab = a.labels(node.args[0])
@@ -281,7 +302,8 @@ def flatten_rule(a: Analysis, node: fx.Node) -> Labels | None:
     return reshape_labels(a, node, a.labels(node.args[0]), a.shape(node))
 
 
-@register_rule(M("expand"), M("repeat"), rewrite=rewrite_sizes)
+@register_rule(M("repeat"), M("tile"), torch.tile)  # repeat counts, not sizes: channel dims keep count 1
+@register_rule(M("expand"), rewrite=rewrite_sizes)
 def expand_rule(a: Analysis, node: fx.Node) -> Labels | None:
     lab, out_shape = a.labels(node.args[0]), a.shape(node)
     if not lab:

@@ -84,6 +84,13 @@ def fix_prelu(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
     m.num_parameters = m.weight.numel()
 
 
+@register_fixer(nn.RNNBase)
+def fix_rnn(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+    m.input_size = m.weight_ih_l0.shape[1]
+    if hasattr(m, "_init_flat_weights"):  # the fused kernels read a cached list of the weights
+        m._init_flat_weights()
+
+
 @register_fixer(nn.MultiheadAttention)
 def fix_mha(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
     """Swap in a PrunedMultiheadAttention carrying the sliced tensors and the original softmax scale."""
