@@ -910,3 +910,55 @@ def test_amax_over_channels_freezes_them():
     res = fxprune.prune(m, x, ratio=0.5)
     assert res.model.c1.out_channels == 8
     assert any("amax" in why for _, why in res.report.frozen)
+
+
+class HeadsInBatch(nn.Module):
+    """Heads folded into the batch dim, and the folded size read back at run time (timm's HaloNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = 4, nn.Conv2d(3, 3 * 16, 1), nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b * self.heads, -1, h * w).chunk(3, dim=1)
+        bh = q.shape[0]  # == b * heads: a channel-carrying dim merged with the batch
+        att = (q.transpose(1, 2) @ k).softmax(-1)
+        out = (v @ att.transpose(1, 2)).reshape(bh // self.heads, -1, h, w)
+        return self.proj(out)
+
+
+def test_size_read_of_a_dim_merging_batch_and_heads_stays_dynamic():
+    m = HeadsInBatch().eval()
+    x = torch.randn(1, 3, 4, 4)
+    res, _ = check_prune(m, x, ratio=0.5)
+    x3 = torch.randn(3, 3, 4, 4)  # a different batch size than the traced one
+    masked = fxprune.apply_masks(m, x, res.plan)
+    assert rel_err(run(res.model, x3), run(masked, x3)) <= 1e-5
+
+
+class PatchOps(nn.Module):
+    """nn.Unfold -> per-patch linear mixing -> F.fold, then repeat_interleave / Tensor.unfold / max."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.unfold, self.c2 = nn.Conv2d(3, 8, 1), nn.Unfold(2, stride=2), nn.Conv1d(8 * 4, 8 * 4, 1)
+        self.c3, self.rnn, self.fc = nn.Conv2d(8, 6, 1), nn.LSTM(6, 5, batch_first=True, bidirectional=True), \
+            nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = self.c1(x)
+        p = self.c2(self.unfold(h))
+        h = h + F.fold(p, h.shape[-2:], 2, stride=2)
+        h = self.c3(h.repeat_interleave(2, dim=2)).flatten(2)  # (B, 6, L)
+        windows = h.unfold(2, 2, 2).max(-1)[0]  # sliding windows over tokens, max inside each
+        seq, _ = self.rnn(windows.transpose(1, 2))
+        return self.fc(seq.max(dim=1).values)
+
+
+def test_unfold_fold_repeat_interleave_max_and_lstm():
+    m = PatchOps().eval()
+    x = torch.randn(2, 3, 4, 4)
+    res, _ = check_prune(m, x, ratio=0.5)
+    assert res.model.c1.out_channels == 4 and res.model.c3.out_channels == 3
+    assert res.model.rnn.input_size == 3 and res.model.rnn.hidden_size == 5

@@ -65,12 +65,21 @@ def freeze_size_query(ctx, node: fx.Node) -> None:
     """A channel count read at run time keeps the dense value in the slim graph, so arithmetic on it
     (a 1/sqrt(head_dim) scale, a mean over channels) computes what the masked model computes. Sizes fed
     to view/reshape are rewritten separately, by the reshape rule."""
-    const = ctx.extra(node).get("const")
+    extra = ctx.extra(node)
+    const, labels = extra.get("const"), extra.get("labels")
     if const is None:
         return
-    for user in list(node.users):
+    alive = ctx.alive_count(labels) if labels is not None else const
+    if alive in (0, const):
+        return
+    users = list(node.users)
+    with node.graph.inserting_after(node):  # dense = read * traced // kept: a batch merged in stays dynamic
+        times = node.graph.call_function(operator.mul, (node, const))
+    with node.graph.inserting_after(times):
+        dense = node.graph.call_function(operator.floordiv, (times, alive))
+    for user in users:
         user.args, user.kwargs = fx.node.map_aggregate(
-            (user.args, user.kwargs), lambda v: const if v is node else v)
+            (user.args, user.kwargs), lambda v: dense if v is node else v)
 
 
 def _shape_info(a: Analysis, x: Any) -> ShapeInfo | None:
@@ -92,7 +101,7 @@ def size_rule(a: Analysis, node: fx.Node) -> Any:
     if info is None or d is None:
         return info
     if info.labels[d] is not None:
-        a.node_extra[node.name] = {"const": info.sizes[d]}
+        a.node_extra[node.name] = {"const": info.sizes[d], "labels": info.labels[d]}
     return None
 
 
@@ -100,7 +109,7 @@ def shape_item(a: Analysis, node: fx.Node, info: ShapeInfo, idx: Any) -> Any:
     if isinstance(idx, slice):
         return ShapeInfo(info.labels[idx], info.sizes[idx])
     if isinstance(idx, int) and info.labels[idx] is not None:
-        a.node_extra[node.name] = {"const": info.sizes[idx]}
+        a.node_extra[node.name] = {"const": info.sizes[idx], "labels": info.labels[idx]}
     return None
 
 
@@ -204,6 +213,25 @@ def max_rule(a: Analysis, node: fx.Node) -> Any:
     dims = {(i if keepdim or i < d else i - 1): x for i, x in (lab.dims.items() if lab else ()) if i != d}
     out = Labels(shape, dims) if shape is not None else None
     return [out, out]
+
+
+@register_rule(M("repeat_interleave"), torch.repeat_interleave, M("unfold"))
+def along_dim_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    """Ops that rewrite one dim and keep the others in place: x.repeat_interleave(r, dim) and
+    x.unfold(dim, size, step) (sliding windows; a new last dim). Channels along that dim are frozen."""
+    lab, out_shape = a.labels(node.args[0]), a.shape(node)
+    if out_shape is None:
+        return None
+    if not lab:
+        return Labels(out_shape)
+    dim = arg(node, 2, "dim") if node.target != "unfold" else arg(node, 1, "dimension")
+    if dim is None:  # repeat_interleave without dim flattens first
+        a.freeze(lab, node, "repeat_interleave over the flattened tensor")
+        return Labels(out_shape)
+    dim %= lab.ndim
+    if lab.get(dim) is not None:
+        a.table.freeze_array(lab.get(dim), f"{node.target} along a channel dimension")
+    return Labels(out_shape, {d: x for d, x in lab.dims.items() if d != dim and out_shape[d] == len(x)})
 
 
 def _freeze_along(a: Analysis, node: fx.Node, dim: Any, what: str) -> Labels | None:
