@@ -12,6 +12,7 @@ fxprune's leaf policy and scope tracking (torch's `make_fx` would trace to aten 
 """
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -53,6 +54,10 @@ class ShapeProxy(fx.Proxy):
             return attr() if dim is None else attr(dim)
         return size if dim is None else size[dim]
 
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """`x[idx] = v` on a traced tensor: recorded as an in-place operator.setitem node."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
     def dim(self) -> Any:
         size = self.tracer.concrete_size(self)
         return fx.Proxy.__getattr__(self, "dim")() if size is None else len(size)
@@ -72,7 +77,7 @@ class SpecialisingTracerMixin:
         self._placeholders = 0
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
-        return ShapeProxy(node, self) if self.specialise else super().proxy(node)
+        return ShapeProxy(node, self)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)

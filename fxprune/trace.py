@@ -77,6 +77,22 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
         with _timm_wraps_without_rules_lifted():
             return super().trace(root, concrete_args)
 
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        """Inside shape-specialised submodules buffers come back as get_attr proxies, so that
+        `self.table.expand(B, -1)` with a traced B is recorded instead of run (fx itself proxies a buffer
+        only when it is passed to an op)."""
+        out = super().getattr(attr, attr_val, parameter_proxy_cache)
+        if not self.special_depth or out is not attr_val or type(attr_val) is not torch.Tensor:
+            return out
+        key = f"\0buffer:{id(attr_val)}"
+        if key not in parameter_proxy_cache:
+            path = next((f"{name}.{attr}" if name else attr for name, m in self.root.named_modules()
+                         if m._buffers.get(attr) is attr_val), None)
+            if path is None:
+                return out
+            parameter_proxy_cache[key] = self.create_proxy("get_attr", path, (), {})
+        return parameter_proxy_cache[key]
+
     def create_arg(self, a: Any) -> Any:
         """Keep the type of structured outputs: dataclasses (Hugging Face's ModelOutput, an OrderedDict
         dataclass, included) and dict subclasses are rebuilt by a call to their class in the graph."""

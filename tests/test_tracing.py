@@ -147,3 +147,33 @@ def test_timm_notrace_module_without_a_rule_is_traced_through(timm_registry) -> 
     res = fxprune.prune(m, x, ratio=0.5)
     assert res.model.get_submodule("1.conv").out_channels == 8
     assert_slim_equals_masked(m, x, res)
+
+
+class SetItemAttention(nn.Module):
+    """In-place `x[:, :, 1:, 1:] = ...` on a traced tensor (timm's MViTv2 relative positions) and a buffer
+    expanded to the traced batch size (timm's ConViT: fx runs buffer methods eagerly unless specialised)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = 2, nn.Linear(6, 3 * 8), nn.Linear(8, 4)
+        self.rel = nn.Parameter(torch.randn(2, 1, 1))  # a per-head bias added to the token-token block
+        self.register_buffer("table", torch.ones(1, 1, 5, 5))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = q @ k.transpose(-2, -1) * self.table.expand(b, -1, -1, -1)
+        attn[:, :, 1:, 1:] = attn[:, :, 1:, 1:] + self.rel
+        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        return self.proj(out)
+
+
+def test_setitem_and_tensor_attribute_expand_are_traced_and_pruned() -> None:
+    m = SetItemAttention().eval()
+    x = torch.randn(2, 5, 6)
+    gm = fxprune.trace(m, x)
+    assert any(n.target is __import__("operator").setitem for n in gm.graph.nodes)
+    assert not gm.meta["fxprune_auto_leaves"] and "" in gm.meta["fxprune_specialised"]
+    res = fxprune.prune(m, x, ratio=0.5)
+    assert res.model.qkv.out_features < 24  # head dims pruned through the in-place write
+    assert_slim_equals_masked(m, x, res)

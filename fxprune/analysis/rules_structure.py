@@ -169,7 +169,7 @@ def rewrite_getitem(ctx, node: fx.Node) -> None:
                 else it
         new.append(it)
         d += 0 if it is None else 1
-    node.args = (node.args[0], tuple(new) if isinstance(node.args[1], tuple) else new[0])
+    node.args = (node.args[0], tuple(new) if isinstance(node.args[1], tuple) else new[0], *node.args[2:])
 
 
 @register_rule(operator.getitem, rewrite=rewrite_getitem)
@@ -241,6 +241,44 @@ def _basic_index(a: Analysis, node: fx.Node, lab: Labels, items: list[Any], out_
             od += 1
         d += 1
     return Labels(out_shape, {k: v for k, v in dims.items() if len(v) > 1 or out_shape[k] == len(v)})
+
+
+def _indexed_shape(shape: tuple[int, ...], items: list[Any]) -> tuple[int, ...]:
+    out, d = [], 0
+    for it in items:
+        if it is None:
+            out.append(1)
+            continue
+        if isinstance(it, slice):
+            out.append(len(range(*it.indices(shape[d]))))
+        d += 1
+    return tuple(out)
+
+
+@register_rule(operator.setitem, rewrite=rewrite_getitem)
+def setitem_rule(a: Analysis, node: fx.Node) -> None:
+    """x[idx] = v (in place): the written region of x and v (broadcast) share their channels; x's labels
+    are unchanged. A tensor index freezes both."""
+    x, idx, v = node.args[0], node.args[1], node.args[2]
+    lab, lv = a.labels(x), a.labels(v)
+    items = _index_items(idx, lab.ndim) if lab else None
+    if items is None:
+        for t in (lab, lv):
+            a.freeze(t, node, "indexed assignment with a tensor index")
+        return None
+    region = _basic_index(a, node, lab, items, _indexed_shape(lab.shape, items))
+    vshape = a.shape(v) if isinstance(v, fx.Node) else None
+    off = region.ndim - len(vshape) if vshape else 0
+    for d in range(region.ndim):
+        mine = region.get(d)
+        theirs = lv.get(d - off) if lv and d >= off else None
+        if mine is not None and theirs is not None:
+            a.table.unify_arrays(mine, theirs)
+        elif mine is not None and vshape and d >= off and vshape[d - off] != 1:
+            a.table.freeze_array(mine, "assigned a tensor without channel identity")
+        elif theirs is not None:
+            a.table.freeze_array(theirs, "assigned where the target has no channels")
+    return None
 
 
 # --- matmul ---------------------------------------------------------------------------------------
