@@ -962,3 +962,27 @@ def test_unfold_fold_repeat_interleave_max_and_lstm():
     res, _ = check_prune(m, x, ratio=0.5)
     assert res.model.c1.out_channels == 4 and res.model.c3.out_channels == 3
     assert res.model.rnn.input_size == 3 and res.model.rnn.hidden_size == 5
+
+
+class RmsAndListCat(nn.Module):
+    """RMSNorm (module and functional) over channels-last tokens; torch.cat over a traced split list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(5, 8), nn.RMSNorm(8), nn.Linear(8, 8)
+        self.g = nn.Parameter(torch.rand(8) + 0.5)
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.norm(self.fc1(x))
+        h = F.rms_norm(self.fc2(h), (8,), self.g, 1e-6)
+        h = torch.cat(torch.split(h, 1, dim=1), dim=2)  # tokens moved next to channels: (B, 1, N*8)
+        return self.fc3(h.reshape(h.shape[0], -1, 8))
+
+
+@pytest.mark.skipif(not hasattr(nn, "RMSNorm"), reason="torch < 2.4 has no RMSNorm")
+def test_rms_norm_and_cat_of_a_traced_list():
+    m = RmsAndListCat().eval()
+    x = torch.randn(2, 4, 5)
+    res, _ = check_prune(m, x, ratio=0.5)
+    assert res.model.fc1.out_features == 4 and res.model.norm.normalized_shape == (4,)

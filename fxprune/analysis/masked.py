@@ -36,6 +36,17 @@ def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor 
 
 
 @fx.wrap
+def masked_rms_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None,
+                    eps: float | None) -> torch.Tensor:
+    """rms_norm over the last dim, with the mean square taken over the kept positions only."""
+    m = mask.to(x.dtype)
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    ms = (x * x * m).sum(-1, keepdim=True) / m.sum().clamp_min(1)
+    y = x * torch.rsqrt(ms + eps)
+    return (y * weight if weight is not None else y) * m
+
+
+@fx.wrap
 def masked_group_norm(x: torch.Tensor, mask: torch.Tensor, num_groups: int, weight: torch.Tensor | None,
                       bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """group_norm whose per-group statistics use the kept channels of each group only."""
@@ -115,6 +126,21 @@ def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mas
     return graph.call_function(masked_layer_norm, (node.args[0], mask, w, b, eps))
 
 
+def build_masked_rms_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
+                                 mask: fx.Node, make_mask=None) -> fx.Node:
+    """Replacement node for `call_module(RMSNorm)` in the masked model."""
+    return graph.call_function(masked_rms_norm, (node.args[0], mask, _param(graph, node, module, "weight"),
+                                                 module.eps))
+
+
+def build_masked_rms_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
+    """Replacement for `F.rms_norm(x, shape, weight, eps)` in the masked model."""
+    args = list(node.args) + [None] * (4 - len(node.args))
+    w = node.kwargs.get("weight", args[2])
+    eps = node.kwargs.get("eps", args[3])
+    return graph.call_function(masked_rms_norm, (node.args[0], mask, w, eps))
+
+
 def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
     args = list(node.args) + [None] * (5 - len(node.args))
     g = node.kwargs.get("num_groups", args[1])
@@ -145,4 +171,4 @@ def build_masked_mean(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Nod
     return graph.call_function(masked_mean, (node.args[0], mask, dim, dims, keepdim))
 
 
-__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "masked_batch_norm", "masked_mean", "F"]
+__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "masked_batch_norm", "masked_mean", "masked_rms_norm", "F"]

@@ -8,7 +8,7 @@ from torch import nn
 from .common import channelwise, passthrough, pointwise
 from .context import Analysis
 from .labels import Labels
-from .masked import build_masked_group_norm_module, build_masked_layer_norm_module
+from .masked import build_masked_group_norm_module, build_masked_layer_norm_module, build_masked_rms_norm_module
 from .registry import register_rule
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -123,6 +123,10 @@ def layernorm_rule(a: Analysis, node: fx.Node) -> Labels | None:
             norm_dims = {lab.norm(-i) for i in range(1, k + 1)}
             a.freeze_dims_except(lab, set(range(lab.ndim)) - norm_dims, node, "LayerNorm over several dims")
     return passthrough(a, node)
+
+
+if hasattr(nn, "RMSNorm"):  # torch >= 2.4
+    register_rule(nn.RMSNorm, masked=build_masked_rms_norm_module)(layernorm_rule)
 
 
 @register_rule(nn.GroupNorm, masked=build_masked_group_norm_module)

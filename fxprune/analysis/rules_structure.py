@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from .common import arg, passthrough, pointwise
 from .context import Analysis
 from .labels import Labels
-from .masked import build_masked_batch_norm_fn, build_masked_group_norm_fn, build_masked_layer_norm_fn
+from .masked import (build_masked_batch_norm_fn, build_masked_group_norm_fn, build_masked_layer_norm_fn,
+                     build_masked_rms_norm_fn)
 from .registry import method_key as M
 from .registry import register_rule
 from .rules_modules import conv_channels
@@ -44,10 +45,16 @@ def _unify_other_dims(a: Analysis, labs: list[Labels | None], shapes: list[tuple
 
 def _joined(a: Analysis, node: fx.Node):
     """The parts of a cat/stack: (parts, output shape, dim, their labels, their shapes)."""
-    parts = list(arg(node, 0, "tensors"))
+    tensors = arg(node, 0, "tensors")
     out_shape = a.shape(node)
     dim = arg(node, 1, "dim", 0) % len(out_shape)
-    return parts, out_shape, dim, [a.labels(p) for p in parts], [a.shape(p) for p in parts]
+    if isinstance(tensors, fx.Node):  # one traced list, e.g. torch.cat(torch.split(x, 1, 1), 3)
+        values, shapes = a.values.get(tensors.name), tensors.meta.get("fxprune_shape") or []
+        labs = list(values) if isinstance(values, (list, tuple)) else [None] * len(shapes)
+        names = [f"{tensors.name}[{i}]" for i in range(len(shapes))]
+        return names, out_shape, dim, [x if isinstance(x, Labels) else None for x in labs], list(shapes)
+    parts = list(tensors)
+    return [p.name for p in parts], out_shape, dim, [a.labels(p) for p in parts], [a.shape(p) for p in parts]
 
 
 @register_rule(torch.cat, torch.concat, torch.concatenate)
@@ -59,7 +66,7 @@ def cat_rule(a: Analysis, node: fx.Node) -> Labels | None:
         for lab, shp, p in zip(labs, shapes, parts):
             arr = lab.get(dim) if lab else None
             if arr is None:
-                arr = a.fresh(shp[dim], f"{p.name} (no channel identity)")
+                arr = a.fresh(shp[dim], f"{p} (no channel identity)")
                 a.table.freeze_array(arr, "concatenated part that carries no channels")
             pieces.append(arr)
         dims[dim] = np.concatenate(pieces)
@@ -380,6 +387,9 @@ def rewrite_layer_norm(ctx, node: fx.Node) -> None:
 
 register_rule(F.layer_norm, rewrite=rewrite_layer_norm, masked=build_masked_layer_norm_fn)(
     functional_layer_norm_rule)
+if hasattr(F, "rms_norm"):  # torch >= 2.4: same channel structure as layer_norm, weight only
+    register_rule(F.rms_norm, rewrite=rewrite_layer_norm, masked=build_masked_rms_norm_fn)(
+        functional_layer_norm_rule)
 
 
 def rewrite_group_norm(ctx, node: fx.Node) -> None:

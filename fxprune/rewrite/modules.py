@@ -65,7 +65,7 @@ def fix_batchnorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
     m.num_features = _channels_in(ctx, node, m.num_features)
 
 
-@register_fixer(nn.LayerNorm)
+@register_fixer(nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
 def fix_layernorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
     if len(m.normalized_shape) == 1:
         m.normalized_shape = (_channels_in(ctx, node, m.normalized_shape[0], dim=-1),)
