@@ -228,3 +228,24 @@ def assert_unchanged(model: nn.Module, snapshot: dict[str, Any], x: Any) -> None
     ref = snapshot["copy"]
     a, b = outputs(model, x), outputs(ref, x)
     assert len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b)), "the model's output changed"
+
+
+def check_zoo_model(model: nn.Module, x: torch.Tensor, onnx_path: Any = None) -> PruneResult:
+    """Protocol B1 in miniature: prune(l1, ratio=0.5) -> the slim output keeps the dense shape and is
+    finite, FLOPs <= 0.6 of dense, slim == masked, the caller untouched; ONNX parity when a path is given."""
+    snap = state_snapshot(model)
+    dense_out = outputs(model, x)[0]
+    res = fxprune.prune(model, x, ratio=0.5)
+    slim_out = outputs(res.model, x)[0]
+    assert slim_out.shape == dense_out.shape and torch.isfinite(slim_out).all()
+    assert res.report.flops_ratio <= 0.6
+    assert fxprune.count_flops(res.model, x) <= 0.6 * fxprune.count_flops(model, x)
+    assert_slim_equals_masked(model, x, res, tol=1e-4)
+    assert_unchanged(model, snap, x)
+    if onnx_path is not None:
+        from fxprune.export import onnx_session_outputs
+
+        path = fxprune.export(res.model, x, onnx_path, check=False)
+        ort = onnx_session_outputs(path, x)
+        assert rel_err([torch.from_numpy(o) for o in ort], [slim_out]) <= 1e-3
+    return res

@@ -6,14 +6,12 @@ The full timm list of issue 3 at its default input sizes runs as benchmarks/zoo_
 """
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
 
 import fxprune
-from helpers import assert_slim_equals_masked, assert_unchanged, outputs, rel_err, state_snapshot
+from helpers import assert_slim_equals_masked, check_zoo_model, outputs, rel_err
 
 timm = pytest.importorskip("timm")
 
@@ -50,21 +48,8 @@ def build(name: str, kwargs: dict) -> nn.Module:
 
 @pytest.mark.parametrize("name,kwargs,size", MODELS, ids=[m for m, _, _ in MODELS])
 def test_prune_timm_model(name: str, kwargs: dict, size: int, tmp_path) -> None:
-    model = build(name, kwargs)
-    x = torch.randn(1, 3, size, size)
-    snap = state_snapshot(model)
-    dense_out = outputs(model, x)[0]
-    res = fxprune.prune(model, x, ratio=0.5)
-    slim_out = outputs(res.model, x)[0]
-    assert slim_out.shape == dense_out.shape and torch.isfinite(slim_out).all()
-    assert res.report.flops_ratio <= 0.6
-    assert fxprune.count_flops(res.model, x) <= 0.6 * fxprune.count_flops(model, x)
-    assert_slim_equals_masked(model, x, res, tol=1e-4)
-    assert_unchanged(model, snap, x)
-    if name in ONNX:
-        path = fxprune.export(res.model, x, tmp_path / f"{name}.onnx", check=False)
-        ort = importlib.import_module("fxprune.export").onnx_session_outputs(path, x)
-        assert rel_err([torch.from_numpy(o) for o in ort], [slim_out]) <= 1e-3
+    check_zoo_model(build(name, kwargs), torch.randn(1, 3, size, size),
+                    tmp_path / f"{name}.onnx" if name in ONNX else None)
 
 
 def test_vit_heads_and_head_dims_are_rewritten_without_hand_patching() -> None:

@@ -32,7 +32,6 @@ def _mha_blocks(a: Analysis, path: str, heads: int, head_dim: int) -> tuple[np.n
 def mha_rule(a: Analysis, node: fx.Node) -> list[Labels | None]:
     m: nn.MultiheadAttention = a.module(node)
     path = node.target
-    q_lab = a.labels(arg(node, 0, "query"))
     out_shape = tuple(node.meta["fxprune_shape"][0])
     if not m._qkv_same_embed_dim:
         for x in node.args[:3]:

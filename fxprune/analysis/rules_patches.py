@@ -8,7 +8,6 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .common import arg
 from .context import Analysis
 from .labels import Labels
 from .registry import register_rule
@@ -21,12 +20,17 @@ def _kernel_positions(a: Analysis, node: fx.Node, n: int) -> np.ndarray:
     return kk
 
 
+def _patch_channels(a: Analysis, node: fx.Node, what: str) -> tuple[np.ndarray | None, Any]:
+    """The input's channel atoms (other labelled dims frozen) and the output shape."""
+    lab, out_shape = a.labels(node.args[0]), a.shape(node)
+    a.freeze_dims_except(lab, {1}, node, what)
+    return (lab.get(1) if lab else None), out_shape
+
+
 @register_rule(nn.Unfold, F.unfold)
 def unfold_rule(a: Analysis, node: fx.Node) -> Labels | None:
     """(B, C, H, W) -> (B, C * k*k, L): each channel becomes k*k rows (channel-major), a product term."""
-    lab, out_shape = a.labels(node.args[0]), a.shape(node)
-    a.freeze_dims_except(lab, {1}, node, "unfold")
-    lin = lab.get(1) if lab else None
+    lin, out_shape = _patch_channels(a, node, "unfold")
     if lin is None or out_shape is None:
         return Labels(out_shape) if out_shape is not None else None
     kk = _kernel_positions(a, node, out_shape[1] // len(lin))
@@ -36,9 +40,7 @@ def unfold_rule(a: Analysis, node: fx.Node) -> Labels | None:
 @register_rule(nn.Fold, F.fold)
 def fold_rule(a: Analysis, node: fx.Node) -> Labels | None:
     """(B, C * k*k, L) -> (B, C, H, W): the inverse factorisation of unfold."""
-    lab, out_shape = a.labels(node.args[0]), a.shape(node)
-    a.freeze_dims_except(lab, {1}, node, "fold")
-    lin = lab.get(1) if lab else None
+    lin, out_shape = _patch_channels(a, node, "fold")
     if lin is None or out_shape is None:
         return Labels(out_shape) if out_shape is not None else None
     channels = a.fresh(out_shape[1], f"{node.name} folded channels")
