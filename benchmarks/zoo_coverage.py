@@ -1,8 +1,11 @@
 """Zoo coverage (protocol B1) and analysis time (protocol B4), fxprune and Torch-Pruning side by side.
 
 See docs/benchmarks.md (shared copy: /work/shared/docs/benchmarks.md). For every model of a model set
-(default: every torchvision classification model up to 30 GMACs at its default input size), with random
-weights, eval mode, batch 1, each library runs in its own subprocess under a wall-clock and a memory limit,
+(`torchvision`: every torchvision classification model up to 30 GMACs; `timm`: the 40 timm models of
+issue 3; `timm-extra`: 69 further timm models we picked to cover other families) at its default input
+size, with random weights (all-zero weights, e.g. zero-initialised classifiers, re-drawn from N(0, 0.02) so
+that parity checks are not vacuous), eval mode, batch 1, each library runs in its own subprocess under a
+wall-clock and a memory limit,
 so a hang or a memory blow-up is recorded as a failure of that model instead of killing the sweep.
 
 fxprune checks (a model passes only if all five hold):
@@ -19,7 +22,7 @@ pruning_ratio=0.5, local selection, classifier ignored, round_to=None. Checks: g
 rel. err <= 1e-3). B4: best of 3 `tp.DependencyGraph().build_dependency(model, example_inputs=x)`.
 
 Usage:
-  python benchmarks/zoo_coverage.py [--set torchvision] [--models a,b,c] [--lib fxprune,tp]
+  python benchmarks/zoo_coverage.py [--set torchvision|timm|timm-extra] [--models a,b,c] [--lib fxprune,tp]
                                     [--timeout 120] [--mem-gb 14] [--max-gmacs 30] [--out benchmarks/results]
   python benchmarks/zoo_coverage.py --report-only          # rebuild the .md from the .json
 Results: <out>/zoo_coverage.json (records merged by (set, model, lib): running one library keeps the other

@@ -147,12 +147,16 @@ def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, ro
 
 
 def group_rows(groups: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{"id": g.id, "size": g.size, "frozen": len(g.frozen), "origin": g.origin} for g in groups]
+    return [{"id": g.id, "size": g.size, "frozen": len(g.frozen), "origin": g.origin,
+             "why_frozen": sorted(set(g.frozen.values()))} for g in groups]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The groups, then why each partly or wholly frozen group keeps its channels."""
     head = f"{'id':>4} {'size':>6} {'#frozen':>8}  origin"
-    return "\n".join([head] + [f"{r['id']:>4} {r['size']:>6} {r['frozen']:>8}  {r['origin']}" for r in rows])
+    lines = [head] + [f"{r['id']:>4} {r['size']:>6} {r['frozen']:>8}  {r['origin']}" for r in rows]
+    lines += [f"frozen group {r['id']}: {'; '.join(r['why_frozen'])}" for r in rows if r["why_frozen"]]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- subcommands

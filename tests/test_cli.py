@@ -303,3 +303,9 @@ def test_prune_resnet18_end_to_end(capsys, tmp_path):
     assert json.loads(out)["report"]["flops_ratio"] == report["flops_ratio"]
     plan = fxprune.PruningPlan.load(tmp_path / "plan.json")
     assert plan.groups
+
+
+def test_analyse_says_why_groups_are_frozen(capsys):
+    code, out, _ = run_cli(capsys, "analyse", "torchvision:resnet18", "--input-size", "3,32,32")
+    assert code == 0
+    assert "frozen group" in out and "reaches the network output" in out
