@@ -78,20 +78,29 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
             return super().trace(root, concrete_args)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
-        """Inside shape-specialised submodules buffers come back as get_attr proxies, so that
-        `self.table.expand(B, -1)` with a traced B is recorded instead of run (fx itself proxies a buffer
-        only when it is passed to an op)."""
-        out = super().getattr(attr, attr_val, parameter_proxy_cache)
-        if not self.special_depth or out is not attr_val or type(attr_val) is not torch.Tensor:
-            return out
-        key = f"\0buffer:{id(attr_val)}"
-        if key not in parameter_proxy_cache:
-            path = next((f"{name}.{attr}" if name else attr for name, m in self.root.named_modules()
-                         if m._buffers.get(attr) is attr_val), None)
-            if path is None:
-                return out
-            parameter_proxy_cache[key] = self.create_proxy("get_attr", path, (), {})
-        return parameter_proxy_cache[key]
+        """Parameters come back as get_attr proxies, as in fx, but looked up by identity in a table built
+        once (fx scans every named parameter on every access: quadratic in the model size). Inside
+        shape-specialised submodules buffers are proxied too, so that `self.table.expand(B, -1)` with a
+        traced B is recorded instead of run (fx proxies a buffer only when it is passed to an op)."""
+        is_param = isinstance(attr_val, nn.Parameter)
+        if not is_param and not (self.special_depth and type(attr_val) is torch.Tensor):
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        name = self._tensor_names(buffers=not is_param).get(id(attr_val))
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def _tensor_names(self, buffers: bool) -> dict[int, str]:
+        key = "_fxprune_buffer_names" if buffers else "_fxprune_param_names"
+        if key not in self.__dict__:
+            named = self.root.named_buffers() if buffers else self.root.named_parameters()
+            table: dict[int, str] = {}
+            for n, t in named:
+                table.setdefault(id(t), n)
+            self.__dict__[key] = table
+        return self.__dict__[key]
 
     def create_arg(self, a: Any) -> Any:
         """Keep the type of structured outputs: dataclasses (Hugging Face's ModelOutput, an OrderedDict
