@@ -530,7 +530,7 @@ def run_one(set_name: str, model: str, lib: str, sink: Path | None) -> Record:
 
 # --------------------------------------------------------------------------------------- parent: selection
 def measure_gmacs(spec: ModelSpec) -> float:
-    """Dense MACs (FlopCounterMode FLOPs / 2) of one forward pass on the meta device (no real memory)."""
+    """Dense MACs (torch flop-counter FLOPs / 2) of one forward pass on the meta device (no real memory)."""
     import torch
 
     warnings.filterwarnings("ignore")
@@ -794,7 +794,7 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
         ran = [(m, s) for m, s in models if any(m in recs[lib] for lib in recs)]
         excl = ", ".join(f"{e['model']} ({e['gmacs']:.1f})" for e in info["excluded"])
         lines += [f"## Set `{set_name}`: {len(models)} models <= {info['max_gmacs']} GMACs", "",
-                  f"Excluded (GMACs at the default input size, FlopCounterMode FLOPs / 2): {excl or 'none'}.", ""]
+                  f"Excluded (GMACs at the default input size, torch flop-counter FLOPs / 2): {excl or 'none'}.", ""]
         lines += summary_lines(recs, len(models), data["environment"])
         lines += ["### Per model", "", f"{len(ran)} of {len(models)} selected models have results.", ""]
         lines += table_lines(recs, info["gmacs"], ran) + [""]
