@@ -7,13 +7,12 @@ The full timm list of issue 3 at its default input sizes runs as benchmarks/zoo_
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
 
 import fxprune
 from helpers import assert_slim_equals_masked, check_zoo_model, outputs, rel_err
-
-timm = pytest.importorskip("timm")
 
 # (name, create_model kwargs, input size): smaller images / depths where the architecture allows it
 MODELS = [

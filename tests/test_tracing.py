@@ -79,9 +79,6 @@ def test_forward_time_caches_stay_off_the_callers_model() -> None:
     assert_slim_equals_masked(m, x, res)
 
 
-timm = pytest.importorskip("timm")
-
-
 class ShapeBlock(PadToMultiple):
     pass
 
