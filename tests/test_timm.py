@@ -80,3 +80,23 @@ def test_specialised_submodule_is_listed_and_stays_prunable() -> None:
     x4 = torch.randn(4, 3, 64, 64)
     masked = fxprune.apply_masks(model, x, res.plan)
     assert rel_err(outputs(res.model, x4), outputs(masked, x4)) <= 1e-4
+
+
+@pytest.mark.parametrize("name,kwargs,table", [
+    ("levit_128s", dict(img_size=64), "stages.0.blocks.0.attn.attention_biases"),
+    ("swin_tiny_patch4_window7_224", MODELS[1][1], "layers.0.blocks.0.attn.relative_position_bias_table"),
+    ("maxvit_nano_rw_256", dict(img_size=64), "stages.0.blocks.0.attn_block.attn.rel_pos.relative_position_bias_table"),
+    ("beit_base_patch16_224", MODELS[11][1], "blocks.0.attn.relative_position_bias_table"),
+])
+def test_per_head_bias_tables_are_sliced_with_the_heads(name: str, kwargs: dict, table: str) -> None:
+    """Whole heads are removed: the per-head table loses the same heads (its head dim shrinks), nothing
+    else; slim == masked shows the right rows were kept."""
+    model = build(name, kwargs)
+    x = torch.randn(1, 3, 64, 64)
+    res = fxprune.prune(model, x, ratio=0.5)
+    dense = model.get_parameter(table)
+    slim = dict(res.model.named_parameters())[table]
+    head_dim = 0 if "attention_biases" in table else 1
+    assert slim.shape[head_dim] == (dense.shape[head_dim] + 1) // 2
+    assert slim.shape[1 - head_dim] == dense.shape[1 - head_dim]
+    assert_slim_equals_masked(model, x, res, tol=1e-4)
