@@ -12,6 +12,7 @@ fxprune's leaf policy and scope tracking (torch's `make_fx` would trace to aten 
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import Any
 
@@ -35,7 +36,8 @@ def _to_meta(tree: Any) -> Any:
 
 
 class ShapeProxy(fx.Proxy):
-    """A Proxy whose shape queries are concrete while its tracer is inside a specialised submodule."""
+    """A Proxy whose shape queries are concrete while its tracer is inside a specialised submodule, and
+    which records in-place item assignment (plain fx Proxies cannot)."""
 
     @property
     def shape(self) -> Any:
@@ -54,13 +56,13 @@ class ShapeProxy(fx.Proxy):
             return attr() if dim is None else attr(dim)
         return size if dim is None else size[dim]
 
-    def __setitem__(self, index: Any, value: Any) -> None:
-        """`x[idx] = v` on a traced tensor: recorded as an in-place operator.setitem node."""
-        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
-
     def dim(self) -> Any:
         size = self.tracer.concrete_size(self)
         return fx.Proxy.__getattr__(self, "dim")() if size is None else len(size)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """`x[idx] = v` on a traced tensor: recorded as an in-place operator.setitem node."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
 
 class SpecialisingTracerMixin:
@@ -147,19 +149,21 @@ def _lookup(root: nn.Module, target: str) -> Any:
 
 def _patches_reverted() -> Any:
     """Run real code while tracing: fx patches nn.Module.__call__ and wrapped functions for the trace."""
-    import contextlib
-
     from torch.fx import _symbolic_trace
 
     revert = getattr(_symbolic_trace, "_maybe_revert_all_patches", None)
     return revert() if revert is not None else contextlib.nullcontext()
 
 
-def _run_module_on_meta(module: nn.Module, args: Any, kwargs: dict) -> Any:
+def on_meta(module: nn.Module) -> Any:
+    """Context in which `module`'s parameters and buffers are meta tensors (no memory, no compute)."""
     from torch.nn.utils.stateless import _reparametrize_module
 
     tensors = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
-    meta = {n: torch.empty_like(t, device="meta") for n, t in tensors.items()}
-    with _reparametrize_module(module, meta):
+    return _reparametrize_module(module, {n: torch.empty_like(t, device="meta") for n, t in tensors.items()})
+
+
+def _run_module_on_meta(module: nn.Module, args: Any, kwargs: dict) -> Any:
+    with on_meta(module):
         return module(*args, **kwargs)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import TraceError
 from .flops import FlopCounter
-from .specialise import SpecialisingTracerMixin
+from .specialise import SpecialisingTracerMixin, on_meta
 
 META_SHAPE = "fxprune_shape"  # tuple[int, ...] for tensor outputs, list of them for tuple outputs
 META_FLOPS = "fxprune_flops"
@@ -65,8 +65,9 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
     def __init__(self, leaf_modules: Sequence[type] = (), leaf_names: frozenset[str] = frozenset(),
                  specialise: frozenset[str] = frozenset(), example_inputs: tuple[torch.Tensor, ...] = (),
                  example_kwargs: dict[str, Any] | None = None) -> None:
-        super().__init__(autowrap_functions=tuple(_notrace_functions_with_rules()))
-        self.leaf_types = tuple(leaf_modules) + tuple(_notrace_modules_with_rules())
+        ruled_modules, ruled_functions = _timm_notrace(with_rules=True)
+        super().__init__(autowrap_functions=tuple(ruled_functions))
+        self.leaf_types = tuple(leaf_modules) + tuple(ruled_modules)
         self.leaf_names = leaf_names
         self.fxprune_scope: list[str] = []
         self.init_specialise(specialise, example_inputs, example_kwargs or {})
@@ -127,12 +128,19 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
         return out
 
 
-def _timm_notrace() -> tuple[set, set]:
+def _timm_notrace(with_rules: bool) -> tuple[list[type], list[Any]]:
+    """timm's notrace modules and functions that do (`with_rules=True`) or do not have an fxprune rule
+    registered for exactly them. (Imported lazily: the rule modules import this one.)"""
     try:
         from timm.layers import _fx as timm_fx
     except ImportError:  # timm is optional
-        return set(), set()
-    return set(getattr(timm_fx, "_leaf_modules", ())), set(getattr(timm_fx, "_autowrap_functions", ()))
+        return [], []
+    from .analysis.registry import has_exact_rule
+
+    def pick(items: Any) -> list[Any]:
+        return [x for x in items if has_exact_rule(x) == with_rules]
+
+    return pick(getattr(timm_fx, "_leaf_modules", ())), pick(getattr(timm_fx, "_autowrap_functions", ()))
 
 
 @contextlib.contextmanager
@@ -145,33 +153,16 @@ def _timm_wraps_without_rules_lifted() -> Iterator[None]:
     table = getattr(st, "_wrapped_fns_to_patch", None)
     lifted = {}
     if isinstance(table, dict):
-        registered = {getattr(f, "__name__", None): f for f in _timm_notrace()[1]}
+        unruled = {getattr(f, "__name__", None): f for f in _timm_notrace(with_rules=False)[1]}
         for key, frame_globals in list(table.items()):
-            fn = registered.get(key[1])
-            if fn is not None and frame_globals.get(key[1]) is fn and not _has_rule(fn):
+            fn = unruled.get(key[1])
+            if fn is not None and frame_globals.get(key[1]) is fn:
                 lifted[key] = table.pop(key)
     try:
         yield
     finally:
-        table.update(lifted) if lifted else None
-
-
-def _has_rule(fn: Any) -> bool:
-    from .analysis.registry import has_exact_rule
-
-    return has_exact_rule(fn)
-
-
-def _notrace_modules_with_rules() -> list[type]:
-    from .analysis.registry import has_exact_rule
-
-    return [cls for cls in _timm_notrace()[0] if has_exact_rule(cls)]
-
-
-def _notrace_functions_with_rules() -> list[Any]:
-    from .analysis.registry import has_exact_rule
-
-    return [fn for fn in _timm_notrace()[1] if has_exact_rule(fn)]
+        if lifted:
+            table.update(lifted)
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
@@ -212,7 +203,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[META_AUTO_LEAVES] = auto
     gm.meta[META_SPECIALISED] = {k: v for k, v in special.items() if k not in auto}
-    propagate_shapes(gm, inputs, example_kwargs or {})
+    propagate_shapes(gm, inputs, kwargs)
     return gm
 
 
@@ -359,12 +350,8 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], kwarg
 
 def _run_on_meta(gm: fx.GraphModule, args: list[Any]) -> None:
     """Shapes and FLOPs without computing anything: parameters and inputs swapped for meta tensors."""
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    tensors = {n: t for n, t in list(gm.named_parameters()) + list(gm.named_buffers())}
-    meta = {n: torch.empty_like(t, device="meta") for n, t in tensors.items()}
     meta_args = [torch.empty_like(a, device="meta") if isinstance(a, torch.Tensor) else a for a in args]
-    with _reparametrize_module(gm, meta):
+    with on_meta(gm):
         _run_recorder(gm, meta_args)
 
 

@@ -1,10 +1,8 @@
 """The analysis pass: propagate channel labels through the graph, then read off the channel groups."""
 from __future__ import annotations
 
-import dataclasses
-
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -147,7 +145,7 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     if rule is not None:
         return rule.propagate(a, node)
     if node.op == "call_function" and isinstance(node.target, type) and (issubclass(
-            node.target, (tuple, list, dict)) or dataclasses.is_dataclass(node.target)):
+            node.target, (tuple, list, dict)) or is_dataclass(node.target)):
         # building a container (a namedtuple, a dataclass / Hugging Face ModelOutput) moves nothing
         return [a.labels(x) for x in (*node.args, *node.kwargs.values())]
     labelled = [v for v in _input_labels(a, node) if v]

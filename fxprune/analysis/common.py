@@ -28,6 +28,13 @@ def pointwise(a: Analysis, node: fx.Node) -> Labels | None:
     if out_shape is None:
         return None
     operands = [(a.labels(x), a.shape(x)) for x in tensor_args(node) if a.shape(x) is not None]
+    return Labels(out_shape, broadcast_unify(a, node, operands, out_shape))
+
+
+def broadcast_unify(a: Analysis, node: fx.Node, operands: list[tuple[Labels | None, tuple[int, ...]]],
+                    out_shape: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Operands broadcast to `out_shape`: labels meeting at an output dim are unified (a full-size operand
+    without labels there freezes them); returns the output's labelled dims."""
     nd = len(out_shape)
     dims: dict[int, np.ndarray] = {}
     for d in range(nd):
@@ -58,7 +65,7 @@ def pointwise(a: Analysis, node: fx.Node) -> Labels | None:
             d = od + nd - len(shp)
             if d < 0 or out_shape[d] != shp[od]:
                 a.table.freeze_array(arr, "reduced by broadcasting")
-    return Labels(out_shape, dims)
+    return dims
 
 
 def passthrough(a: Analysis, node: fx.Node, src: Any = None) -> Labels | None:

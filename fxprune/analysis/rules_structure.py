@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .common import arg, passthrough, pointwise
+from .common import arg, broadcast_unify, passthrough, pointwise
 from .context import Analysis
 from .labels import Labels
 from .masked import (build_masked_batch_norm_fn, build_masked_group_norm_fn, build_masked_layer_norm_fn,
@@ -18,7 +18,7 @@ from .masked import (build_masked_batch_norm_fn, build_masked_group_norm_fn, bui
 from .registry import method_key as M
 from .registry import register_rule
 from .rules_modules import conv_channels
-from .rules_tensor import ShapeInfo, freeze_size_query, shape_item
+from .rules_tensor import ShapeInfo, rewrite_size_read, shape_item
 
 
 # --- concatenation ------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def _index_items(idx: Any, ndim: int) -> list[Any] | None:
 
 def rewrite_getitem(ctx, node: fx.Node) -> None:
     if "const" in ctx.extra(node):
-        freeze_size_query(ctx, node)
+        rewrite_size_read(ctx, node)
         return
     lab = ctx.labels(node.args[0])
     if not lab:
@@ -275,16 +275,8 @@ def setitem_rule(a: Analysis, node: fx.Node) -> None:
         return None
     region = _basic_index(a, node, lab, items, _indexed_shape(lab.shape, items))
     vshape = a.shape(v) if isinstance(v, fx.Node) else None
-    off = region.ndim - len(vshape) if vshape else 0
-    for d in range(region.ndim):
-        mine = region.get(d)
-        theirs = lv.get(d - off) if lv and d >= off else None
-        if mine is not None and theirs is not None:
-            a.table.unify_arrays(mine, theirs)
-        elif mine is not None and vshape and d >= off and vshape[d - off] != 1:
-            a.table.freeze_array(mine, "assigned a tensor without channel identity")
-        elif theirs is not None:
-            a.table.freeze_array(theirs, "assigned where the target has no channels")
+    if vshape is not None:  # v broadcasts into the region, as in an element-wise op
+        broadcast_unify(a, node, [(region, region.shape), (lv, vshape)], region.shape)
     return None
 
 

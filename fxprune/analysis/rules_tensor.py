@@ -61,25 +61,33 @@ class ShapeInfo:
     sizes: list[int]
 
 
-def freeze_size_query(ctx, node: fx.Node) -> None:
-    """A channel count read at run time keeps the dense value in the slim graph, so arithmetic on it
-    (a 1/sqrt(head_dim) scale, a mean over channels) computes what the masked model computes. Sizes fed
-    to view/reshape are rewritten separately, by the reshape rule."""
+def rewrite_size_read(ctx, node: fx.Node) -> None:
+    """A channel count read at run time (`q.size(-1)`, `x.shape[1]`) gives the *dense* value in the slim
+    graph, so arithmetic on it (a 1/sqrt(head_dim) scale) computes what the masked model computes. The read
+    is scaled, not replaced by a constant: a batch merged into the same dim stays dynamic. Sizes fed to
+    view/reshape are rewritten separately, by the reshape rule."""
     extra = ctx.extra(node)
     const, labels = extra.get("const"), extra.get("labels")
     if const is None:
         return
     alive = ctx.alive_count(labels) if labels is not None else const
-    if alive in (0, const):
-        return
     users = list(node.users)
-    with node.graph.inserting_after(node):  # dense = read * traced // kept: a batch merged in stays dynamic
-        times = node.graph.call_function(operator.mul, (node, const))
-    with node.graph.inserting_after(times):
-        dense = node.graph.call_function(operator.floordiv, (times, alive))
+    dense = scaled(node, node, const, alive, after=True)
     for user in users:
         user.args, user.kwargs = fx.node.map_aggregate(
             (user.args, user.kwargs), lambda v: dense if v is node else v)
+
+
+def scaled(anchor: fx.Node, value: fx.Node, num: int, den: int, after: bool = False) -> fx.Node:
+    """A node computing `value * num // den`, inserted next to `anchor` (`value` itself when num == den
+    or den == 0)."""
+    if num == den or den == 0:
+        return value
+    graph = anchor.graph
+    with graph.inserting_after(anchor) if after else graph.inserting_before(anchor):
+        times = graph.call_function(operator.mul, (value, num))
+    with graph.inserting_after(times):
+        return graph.call_function(operator.floordiv, (times, den))
 
 
 def _shape_info(a: Analysis, x: Any) -> ShapeInfo | None:
@@ -94,7 +102,7 @@ def getattr_rule(a: Analysis, node: fx.Node) -> Any:
     return _shape_info(a, node.args[0]) if node.args[1] == "shape" else None
 
 
-@register_rule(M("size"), rewrite=freeze_size_query)
+@register_rule(M("size"), rewrite=rewrite_size_read)
 def size_rule(a: Analysis, node: fx.Node) -> Any:
     info = _shape_info(a, node.args[0])
     d = arg(node, 1, "dim")
@@ -182,11 +190,13 @@ def _reduce(a: Analysis, node: fx.Node) -> Labels | None:
     else:
         for d in over:
             a.table.freeze_array(lab.dims[d], f"reduced over by {getattr(node.target, '__name__', node.target)}")
-    dims: dict[int, np.ndarray] = {}
-    for d, arr in lab.dims.items():
-        if d not in reduced:
-            dims[d if keepdim else d - sum(1 for r in reduced if r < d)] = arr
-    return Labels(out_shape, dims)
+    return Labels(out_shape, _kept_dims(lab, reduced, keepdim))
+
+
+def _kept_dims(lab: Labels, reduced: list[int], keepdim: bool) -> dict[int, np.ndarray]:
+    """The labels of the dims a reduction keeps, renumbered when the reduced dims are dropped."""
+    return {(d if keepdim else d - sum(1 for r in reduced if r < d)): arr
+            for d, arr in lab.dims.items() if d not in reduced}
 
 
 register_rule(torch.sum, M("sum"), torch.amax, torch.amin, M("amax"), M("amin"), torch.std, torch.var,
@@ -209,9 +219,10 @@ def max_rule(a: Analysis, node: fx.Node) -> Any:
     d = other % lab.ndim if lab else other
     if lab and lab.get(d) is not None:
         a.table.freeze_array(lab.get(d), f"reduced over by {node.target}")
-    shape = tuple(s for i, s in enumerate(lab.shape) if i != d or keepdim) if lab else None
-    dims = {(i if keepdim or i < d else i - 1): x for i, x in (lab.dims.items() if lab else ()) if i != d}
-    out = Labels(shape, dims) if shape is not None else None
+    if not lab:
+        return [None, None]
+    shape = tuple(1 if i == d else s for i, s in enumerate(lab.shape) if i != d or keepdim)
+    out = Labels(shape, _kept_dims(lab, [d], keepdim))
     return [out, out]
 
 
@@ -303,20 +314,10 @@ def rewrite_sizes(ctx, node: fx.Node) -> None:
         if d >= len(sizes):
             continue
         if isinstance(sizes[d], fx.Node):
-            sizes[d] = _scaled_size(node, sizes[d], ctx.alive_count(arr), len(arr))
+            sizes[d] = scaled(node, sizes[d], ctx.alive_count(arr), len(arr))  # a batch factor stays dynamic
         elif isinstance(sizes[d], int) and sizes[d] != -1:
             sizes[d] = ctx.alive_count(arr)
     node.args = (node.args[0], tuple(sizes)) if where == -1 else (node.args[0], *sizes)
-
-
-def _scaled_size(node: fx.Node, size: fx.Node, alive: int, traced: int) -> fx.Node:
-    """A computed size (e.g. `B * C * n` or `x.size(1)`) scaled by kept / traced channels, so that the
-    factors that are not channels (the batch) stay dynamic: size * alive // traced."""
-    if alive == traced:
-        return size
-    with node.graph.inserting_before(node):
-        times = node.graph.call_function(operator.mul, (size, alive))
-        return node.graph.call_function(operator.floordiv, (times, traced))
 
 
 @register_rule(M("view"), M("reshape"), torch.reshape, rewrite=rewrite_sizes)
