@@ -13,6 +13,8 @@ from . import analysis as _analysis  # noqa: F401  (registers the op rules)
 from .analysis.analyse import GraphAnalysis, run_analysis
 from .cost import CostModel, count_params
 from .errors import PlanMismatchError
+from .finetune import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of, train_masked,
+                       train_slim, training_device)
 from .masks import insert_masks, strip_masks
 from .methods import get_method
 from .methods.registry import ScoreInput
@@ -45,16 +47,27 @@ def analyse(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_
 
 def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: float | None = None,
           flops: float | None = None, params: float | None = None, round_to: int = 1, ignore: Iterable = (),
-          inplace: bool = False, strict: bool = True, leaf_modules: Sequence[type] = (),
-          example_kwargs: dict | None = None, **method_options: Any) -> PruneResult:
+          scope: str | None = None, data: Iterable | None = None, eval_data: Iterable | None = None,
+          finetune: Any = None, steps: int = 1, step_schedule: str = "linear", device: Any = None,
+          inplace: bool = False,
+          strict: bool = True, leaf_modules: Sequence[type] = (), example_kwargs: dict | None = None,
+          **method_options: Any) -> PruneResult:
     """Prune `model` to a budget and return the slim GraphModule, the plan and a report.
 
     Exactly one budget: `ratio` (fraction of every group's channels removed), `flops` or `params`
-    (fraction of the dense model's FLOPs / params kept, selected globally across groups). `ignore` takes
-    module names (their output channels are kept) or group ids; `round_to` makes kept counts multiples of
-    it; `strict=False` freezes channels reaching ops without a rule instead of raising; `leaf_modules` are
-    traced as opaque leaves (their channels kept); `inplace=True` slices the caller's modules instead of a
-    copy; further keyword options go to the method backend.
+    (fraction of the dense model's FLOPs / params kept). `scope` picks how a FLOPs/params budget is spread:
+    "global" ranks channels across all groups, "local" removes the same fraction from every group (default:
+    the method's own, "local" for `uniform`). `ignore` takes module names (their output channels are kept)
+    or group ids; `round_to` makes kept counts multiples of it; `strict=False` freezes channels reaching ops
+    without a rule instead of raising; `leaf_modules` are traced as opaque leaves (their channels kept);
+    `inplace=True` slices the caller's modules instead of a copy; further keyword options go to the method.
+
+    With data: `data` (an iterable of (inputs, targets) batches) feeds methods that need it (taylor,
+    slimming) and the fine-tune; `finetune=Finetune(epochs=..., kd=...)` fine-tunes the slim model (with
+    knowledge distillation from the dense model when kd=True); `eval_data` measures accuracy before pruning,
+    right after it and after every fine-tune epoch (`result.report.accuracy`, `result.history`); `steps=N`
+    prunes in N rounds whose budgets follow `step_schedule` ("linear" or "geometric"), fine-tuning the
+    masked model between rounds. Training and evaluation run on `device` (default: CUDA when available).
 
     >>> import torch, torchvision, fxprune
     >>> x = torch.randn(1, 3, 64, 64)
@@ -66,18 +79,37 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     backend = get_method(method)
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be a positive int, got {round_to!r}.")
+    budgets = step_budgets(budget, steps, step_schedule)
+    check_data_options(data, finetune, steps, backend.needs_data, method)
     inputs = as_input_tuple(example_inputs)
     gm, ga = _prepare(model, inputs, strict, leaf_modules, example_kwargs, copy_model=not inplace)
     cost = CostModel.build(gm, ga)
-    scores = backend.score(ScoreInput(gm, ga, inputs, dict(method_options)))
-    keep = select(ga, scores, budget, cost, round_to, _ignored_groups(gm, ga, ignore))
-    plan = _make_plan(ga, keep, method, method_options, budget, round_to, strict)
     dense_flops, dense_params = _dense_counts(gm), count_params(gm)
+    if data is not None or eval_data is not None:
+        gm.to(training_device(device))
+    teacher = teacher_of(model, finetune)
+    acc = {"dense": accuracy(gm, eval_data)}
+    keep, history, ignored = {}, [], _ignored_groups(gm, ga, ignore)
+    inp = ScoreInput(gm, ga, inputs, dict(method_options), data)
+    if backend.prepare is not None:
+        backend.prepare(inp)
+    for step, target in enumerate(budgets):
+        inp.keep, inp.step = keep, step
+        keep = select(ga, backend.score(inp), target, cost, round_to, ignored, scope or backend.scope,
+                      removed_channels(ga, keep))
+        if step < len(budgets) - 1:
+            history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
+    plan = _make_plan(ga, keep, method, method_options, budget, round_to, strict, scope or backend.scope, steps)
     rewrite(gm, ga, keep)
     propagate_shapes(gm, inputs, example_kwargs or {})
+    acc["pruned"] = accuracy(gm, eval_data)
+    if finetune is not None:
+        history.append(train_slim(gm, finetune, data, eval_data, teacher))
+        acc["finetuned"] = accuracy(gm, eval_data)
     report = _report(ga, plan, dense_flops, dense_params, gm)
+    report.accuracy = {k: v for k, v in acc.items() if v is not None}
     plan.achieved = {"flops": report.flops_ratio, "params": report.params_ratio}
-    return PruneResult(gm, plan, report)
+    return PruneResult(gm, plan, report, history)
 
 
 def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, leaf_modules: Sequence[type] = (),
@@ -122,9 +154,10 @@ def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> dict[int, list[int]]:
 
 
 def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, options: dict, budget: Budget,
-               round_to: int, strict: bool) -> PruningPlan:
+               round_to: int, strict: bool, scope: str, steps: int) -> PruningPlan:
     decisions = [GroupDecision(g.id, g.size, list(keep.get(g.id, range(g.size)))) for g in ga.groups]
     opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
+    opts.update(scope=scope, steps=steps)
     return PruningPlan(decisions, ga.signature, method, opts, {"kind": budget.kind, "value": budget.value},
                        round_to, strict, library_version=__version__)
 

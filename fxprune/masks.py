@@ -6,6 +6,7 @@ model computes exactly what the slim model computes. Learned methods put soft ma
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -19,34 +20,36 @@ ORIGINAL = "fxprune_original"
 
 
 def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]],
-                 soft: bool = False) -> dict[str, torch.Tensor]:
+                 soft: bool = False, arrays: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     """Insert one mask per consumer input that loses channels; returns {buffer name: mask}.
 
     With `soft=True` every consumer input gets a mask (all ones where nothing is removed) registered as a
-    parameter, so learned methods can train them.
+    parameter, so learned methods can train them. `arrays`, when given, is filled with each mask's label
+    array (which channels each mask position carries: `ga.channel_positions(arr)`).
     """
     ctx = RewriteContext(ga, keep)
     modules = dict(gm.named_modules())
     masks: dict[str, torch.Tensor] = {}
     replaced: set[str] = set()
-    for i, (node, site, dim, keep_mask, variant) in enumerate(_mask_plan(gm, ga, ctx, modules, soft)):
+    arrays = {} if arrays is None else arrays
+    for i, (node, site, dim, arr, variant) in enumerate(_mask_plan(gm, ga, ctx, modules, soft)):
         if node.name in replaced:
             continue
 
-        def make_mask(keep_mask=keep_mask, i=i) -> fx.Node:
+        def make_mask(arr=arr, i=i) -> fx.Node:
             name = f"{MASK_PREFIX}{i}_{len(masks)}"
-            value = torch.as_tensor(keep_mask, dtype=torch.float32)
+            value = torch.as_tensor(ctx.keep_mask(arr), dtype=torch.float32)
             _register(gm, name, value, soft)
             masks[name] = value
+            arrays[name] = arr
             return gm.graph.get_attr(name)
 
         with gm.graph.inserting_before(node):
             mask_node = make_mask()
             if variant is not None:
-                maker = lambda arr: make_mask(ctx.keep_mask(arr))  # noqa: E731
                 replaced.add(node.name)
                 node.meta["fxprune_mask_dim"] = dim  # the masked variant's reduced dim (batch_norm stats)
-                _replace_with_masked(gm, node, variant, modules, mask_node, maker)
+                _replace_with_masked(gm, node, variant, modules, mask_node, make_mask)
             else:
                 masked = gm.graph.call_function(apply_mask, (site.source(node), mask_node, dim))
                 _replace_arg(node, site.arg, masked)
@@ -56,7 +59,7 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
 
 
 def _mask_plan(gm: fx.GraphModule, ga: GraphAnalysis, ctx: RewriteContext, modules, soft: bool):
-    """Every (node, site, dim, keep mask, masked variant) to write, read off before the graph changes."""
+    """Every (node, site, dim, label array, masked variant) to write, read off before the graph changes."""
     nodes = {n.name: n for n in gm.graph.nodes}
     out = []
     for site in ga.analysis.mask_sites:
@@ -70,7 +73,7 @@ def _mask_plan(gm: fx.GraphModule, ga: GraphAnalysis, ctx: RewriteContext, modul
         variant = rule if rule is not None and rule.masked is not None else None
         if keep_mask.all() and not soft and variant is None:
             continue
-        out.append((node, site, lab.norm(site.dim), keep_mask, variant))
+        out.append((node, site, lab.norm(site.dim), arr, variant))
     return out
 
 

@@ -1,9 +1,11 @@
-"""Budgets -> keep decisions: a uniform ratio per group, or a global FLOPs/params budget.
+"""Budgets -> keep decisions: a uniform ratio per group, or a FLOPs/params budget (global or local).
 
 Scores are per channel (higher = more important). Frozen channels are always kept, every group keeps at
 least one channel, kept counts are rounded up to a multiple of `round_to` where the group allows it.
 Global selection normalises each group's scores by the group's mean, then finds (by bisection) the
-highest score threshold whose model fits the budget.
+highest score threshold whose model fits the budget. Local selection removes the same fraction from
+every group and bisects that fraction until the model fits. In iterative pruning, channels an earlier
+step removed (`removed`) are never kept again.
 """
 from __future__ import annotations
 
@@ -41,55 +43,91 @@ class Budget:
         return cls(kind, float(value))
 
 
-def _keep_count(n_keep: int, size: int, n_frozen: int, round_to: int) -> int:
+SCOPES = ("global", "local")
+Removed = dict[int, set[int]]  # group id -> channels removed by earlier steps of iterative pruning
+
+
+def _keep_count(n_keep: int, size: int, n_frozen: int, round_to: int, n_removed: int = 0) -> int:
     n_keep = max(n_keep, n_frozen, 1)
     if round_to > 1 and size >= round_to:
         n_keep = min(size, -(-n_keep // round_to) * round_to)
-    return min(n_keep, size)
+    return max(1, min(n_keep, size - n_removed))
 
 
-def _top(scores: np.ndarray, frozen: set[int], n_keep: int) -> list[int]:
-    """The n_keep best channels, frozen ones first (stable: ties keep the lower index)."""
+def _top(scores: np.ndarray, frozen: set[int], n_keep: int, removed: set[int] = frozenset()) -> list[int]:
+    """The n_keep best channels, frozen ones first, removed ones last (stable: ties keep the lower index)."""
     not_frozen = np.ones(len(scores), dtype=bool)
     not_frozen[list(frozen)] = False
-    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64), not_frozen))
+    gone = np.zeros(len(scores), dtype=bool)
+    gone[list(removed)] = True
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64), not_frozen, gone))
     return sorted(order[:n_keep].tolist())
+
+
+def _keep_n(ga: GraphAnalysis, gid: int, scores: np.ndarray, n: int, round_to: int, removed: Removed) -> list[int]:
+    """Group `gid` keeps its best `n` channels (after frozen / round_to / removed adjustments)."""
+    g, gone = ga.groups[gid], removed.get(gid, set())
+    return _top(scores, set(g.frozen), _keep_count(n, g.size, len(g.frozen), round_to, len(gone)), gone)
 
 
 def prunable_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
     return [g.id for g in ga.groups if g.prunable and g.id not in ignore]
 
 
+def _channel_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
+    return [gid for gid in prunable_groups(ga, ignore) if ga.groups[gid].kind != "blocks"]
+
+
 def select_ratio(ga: GraphAnalysis, scores: dict[int, np.ndarray], ratio: float, round_to: int,
-                 ignore: set[int]) -> dict[int, list[int]]:
+                 ignore: set[int], removed: Removed) -> dict[int, list[int]]:
     """Every channel group loses the fraction `ratio`. Block groups (conv groups, norm groups, heads) are
     kept: a channel inside a block already loses `ratio` through its within-block group, and pruning both
     factors would remove the fraction ratio twice."""
-    keep = {}
-    for gid in prunable_groups(ga, ignore):
-        if ga.groups[gid].kind == "blocks":
-            continue
-        g = ga.groups[gid]
-        n = _keep_count(g.size - int(np.floor(ratio * g.size + 0.5)), g.size, len(g.frozen), round_to)
-        keep[gid] = _top(scores[gid], set(g.frozen), n)
-    return keep
+    sizes = {gid: ga.groups[gid].size for gid in _channel_groups(ga, ignore)}
+    return {gid: _keep_n(ga, gid, scores[gid], size - int(np.floor(ratio * size + 0.5)), round_to, removed)
+            for gid, size in sizes.items()}
+
+
+def select_local(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostModel, kind: str, value: float,
+                 round_to: int, ignore: set[int], removed: Removed) -> dict[int, list[int]]:
+    """The largest common kept fraction (the same for every group) whose model fits `value` x dense cost."""
+    measure = cost.flops if kind == "flops" else cost.params
+    limit = value * measure(None) + 1e-6
+
+    def keep_at(fraction: float) -> dict[int, list[int]]:
+        ratio = 1.0 - fraction
+        return repair(ga, select_ratio(ga, scores, ratio, round_to, ignore, removed), scores)
+
+    if measure(RewriteContext(ga, keep_at(1.0))) <= limit:
+        return keep_at(1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if measure(RewriteContext(ga, keep_at(mid))) <= limit else (lo, mid)
+    return keep_at(lo)
+
+
+def _normalised(scores: np.ndarray, gone: set[int]) -> np.ndarray:
+    """Scores divided by the mean |score| of the live channels; removed channels get -inf."""
+    live = np.ones(len(scores), dtype=bool)
+    live[list(gone)] = False
+    out = np.asarray(scores, dtype=np.float64) / (np.abs(scores[live]).mean() + 1e-12 if live.any() else 1.0)
+    out[~live] = -np.inf
+    return out
 
 
 def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostModel, kind: str, value: float,
-                  round_to: int, ignore: set[int]) -> dict[int, list[int]]:
+                  round_to: int, ignore: set[int], removed: Removed) -> dict[int, list[int]]:
     """Highest common threshold on group-normalised scores whose model fits `value` x dense cost."""
     gids = prunable_groups(ga, ignore)
-    norm = {gid: scores[gid] / (np.abs(scores[gid]).mean() + 1e-12) for gid in gids}
+    norm = {gid: _normalised(scores[gid], removed.get(gid, set())) for gid in gids}
     measure = cost.flops if kind == "flops" else cost.params
     dense = measure(None)
-    thresholds = np.unique(np.concatenate([norm[g] for g in gids])) if gids else np.zeros(1)
+    finite = [v[np.isfinite(v)] for v in norm.values()]
+    thresholds = np.unique(np.concatenate(finite)) if gids else np.zeros(1)
 
     def keep_at(t: float) -> dict[int, list[int]]:
-        out = {}
-        for gid in gids:
-            g = ga.groups[gid]
-            n = _keep_count(int((norm[gid] >= t).sum()), g.size, len(g.frozen), round_to)
-            out[gid] = _top(norm[gid], set(g.frozen), n)
+        out = {gid: _keep_n(ga, gid, norm[gid], int((norm[gid] >= t).sum()), round_to, removed) for gid in gids}
         return repair(ga, out, scores)  # measure what will really be kept
 
     def fits(i: int) -> bool:
@@ -142,10 +180,16 @@ def _distinct_arrays(ga: GraphAnalysis) -> list[np.ndarray]:
 
 
 def select(ga: GraphAnalysis, scores: dict[int, np.ndarray], budget: Budget, cost: CostModel, round_to: int = 1,
-           ignore: set[int] | None = None) -> dict[int, list[int]]:
-    ignore = ignore or set()
+           ignore: set[int] | None = None, scope: str = "global", removed: Removed | None = None
+           ) -> dict[int, list[int]]:
+    """Keep decisions {group id: kept channel indices} for `budget` (see the module docstring)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not one of {SCOPES}: 'global' ranks channels across all groups, "
+                         f"'local' removes the same fraction from every group.")
+    ignore, removed = ignore or set(), removed or {}
     if budget.kind == "ratio":
-        keep = select_ratio(ga, scores, budget.value, round_to, ignore)
+        keep = select_ratio(ga, scores, budget.value, round_to, ignore, removed)
     else:
-        keep = select_global(ga, scores, cost, budget.kind, budget.value, round_to, ignore)
+        chooser = select_global if scope == "global" else select_local
+        keep = chooser(ga, scores, cost, budget.kind, budget.value, round_to, ignore, removed)
     return repair(ga, keep, scores)

@@ -130,6 +130,7 @@ class Report:
     params_after: int
     widths: list[tuple[int, int, int, str]]  # (group id, size, kept, origin)
     frozen: list[tuple[int, str]] = field(default_factory=list)  # (group id, reason)
+    accuracy: dict[str, float] = field(default_factory=dict)  # "dense" / "pruned" / "finetuned" -> top-1 %
 
     @property
     def flops_ratio(self) -> float:
@@ -152,16 +153,20 @@ class Report:
             lines.append(f"{gid:>5} {size:>5} -> {kept:<5} {origin}")
         for gid, reason in self.frozen:
             lines.append(f"frozen group {gid}: {reason}")
+        if self.accuracy:
+            lines.insert(2, "accuracy " + ", ".join(f"{k} {v:.2f}%" for k, v in self.accuracy.items()))
         return "\n".join(lines)
 
 
 @dataclass
 class PruneResult:
-    """What `fxprune.prune` returns: the slim module, the plan that made it and a report."""
+    """What `fxprune.prune` returns: the slim module, the plan that made it, a report, and the training
+    history of each fine-tune round (empty without `finetune=`)."""
 
     model: nn.Module
     plan: PruningPlan
     report: Report
+    history: list[Any] = field(default_factory=list)
 
     def __iter__(self):  # allows `model, plan, report = fxprune.prune(...)`
         return iter((self.model, self.plan, self.report))

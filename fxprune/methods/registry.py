@@ -1,12 +1,14 @@
 """The one registry of method backends, keyed by name.
 
-A backend turns an analysed graph into per-channel scores (higher = keep). Learned methods of later
-issues register here too and may override `plan` to search widths themselves.
+A backend turns an analysed graph into per-channel scores (higher = keep). Backends that need data say so
+(`needs_data`); a backend may also `prepare` the model before scoring (network slimming's sparsity
+training) and choose the default selection scope ("global": one threshold over all groups; "local": every
+group keeps the same fraction). Learned methods of later issues register here too.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,18 +17,29 @@ import torch.fx as fx
 from ..analysis.analyse import GraphAnalysis
 from ..errors import UnknownMethodError
 
+SCOPES = ("global", "local")
+
 
 @dataclass
 class ScoreInput:
-    """What a scoring backend gets: the traced module, its analysis and the example inputs."""
+    """What a scoring backend gets: the traced module, its analysis, the example inputs and options.
+
+    `data` is the user's training data (an iterable of (inputs, targets) batches) or None; `keep` is the
+    current decision in iterative pruning ({group id: kept channels}; empty before the first step);
+    `step` counts the prune steps from 0.
+    """
 
     gm: fx.GraphModule
     ga: GraphAnalysis
     example_inputs: tuple
     options: dict[str, Any]
+    data: Iterable | None = None
+    keep: dict[int, list[int]] = field(default_factory=dict)
+    step: int = 0
 
 
 Scorer = Callable[[ScoreInput], dict[int, np.ndarray]]
+Preparer = Callable[[ScoreInput], None]
 
 
 @dataclass(frozen=True)
@@ -34,15 +47,31 @@ class MethodBackend:
     name: str
     score: Scorer
     summary: str
+    needs_data: bool = False
+    scope: str = "global"
+    prepare: Preparer | None = None
 
 
 _METHODS: dict[str, MethodBackend] = {}
 
 
-def register_method(name: str, summary: str) -> Callable[[Scorer], Scorer]:
-    """Register a scoring function under `name` (see docs/ for a worked example)."""
+def register_method(name: str, summary: str, *, needs_data: bool = False, scope: str = "global",
+                    prepare: Preparer | None = None) -> Callable[[Scorer], Scorer]:
+    """Register a scoring function under `name` (see docs/extending.md for a worked example).
+
+    >>> import numpy as np
+    >>> @register_method("first", "keeps the lowest channel indices (example)", scope="local")
+    ... def first(inp):
+    ...     return {g.id: -np.arange(g.size, dtype=float) for g in inp.ga.groups}
+    >>> get_method("first").scope
+    'local'
+    >>> _ = _METHODS.pop("first")
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"register_method({name!r}): scope must be one of {SCOPES}, got {scope!r}.")
+
     def deco(fn: Scorer) -> Scorer:
-        _METHODS[name] = MethodBackend(name, fn, summary)
+        _METHODS[name] = MethodBackend(name, fn, summary, needs_data, scope, prepare)
         return fn
     return deco
 
@@ -58,7 +87,7 @@ def get_method(name: str) -> MethodBackend:
 def list_methods() -> list[str]:
     """Names of the registered method backends.
 
-    >>> {"l1", "l2", "random"} <= set(list_methods())
+    >>> {"l1", "l2", "random", "fpgm", "taylor", "slimming", "uniform"} <= set(list_methods())
     True
     """
     return sorted(_METHODS)
