@@ -77,6 +77,18 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not():
     assert not torch.equal(a[0].weight, c[0].weight)
 
 
+def test_eval_every_skips_epochs_but_always_evaluates_the_last():
+    h = Trainer(mlp(), cfg(epochs=5, eval_every=2), loader(), eval_data=loader()).fit()
+    assert [r.eval_acc is not None for r in h.records] == [False, True, False, True, True]
+    assert h.records[0].eval_loss is None and h.last_acc() == h.records[-1].eval_acc
+
+
+def test_eval_loss_is_plain_cross_entropy_even_with_label_smoothing():
+    model = mlp()
+    h = Trainer(model, cfg(epochs=1, label_smoothing=0.3), loader(), eval_data=loader()).fit()
+    assert h.records[0].eval_loss == pytest.approx(evaluate(model, loader())[0], rel=1e-6)
+
+
 def test_adamw_and_grad_clip_and_constant_schedule_train():
     model = mlp()
     h = Trainer(model, cfg(epochs=4, optimizer="adamw", lr=1e-2, schedule="constant", grad_clip=1.0,
@@ -425,6 +437,13 @@ def test_data_that_cannot_be_sharded_gets_a_clear_error():
     dl = loader()
     assert not D.can_shard(dl)
     assert D.init_from_env().world_size == 1  # no torchrun environment: a no-op
+
+
+def test_the_module_smoke_run_trains(capsys):
+    from fxprune.train.__main__ import main
+    assert main(["--epochs", "2", "--samples", "256", "--batch-size", "64", "--lr", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "total time" in out and "epoch 2/2" in out
 
 
 # ------------------------------------------------------------------------------------------- DDP

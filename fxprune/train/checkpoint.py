@@ -21,25 +21,27 @@ import numpy as np
 import torch
 
 
-def rng_state() -> dict:
-    """torch (CPU and CUDA), numpy and python RNG states as plain tensors, lists and numbers."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """torch (CPU, and `device`'s when it is a CUDA device), numpy and python RNG states as plain tensors,
+    lists and numbers. Only the training device's CUDA state is kept: asking every device would create a
+    CUDA context on each GPU from each process."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_state, py_gauss = random.getstate()
+    cuda = device is not None and device.type == "cuda"
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if cuda else None,
         "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` returned (CUDA states only when the device count matches)."""
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore what `rng_state` returned (the CUDA state onto `device` when both are CUDA)."""
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    if isinstance(state.get("cuda"), torch.Tensor) and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]

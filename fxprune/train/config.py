@@ -5,10 +5,10 @@ field, the value and what is allowed:
 
 >>> TrainConfig(epochs=2, lr=0.05).schedule
 'onecycle'
->>> TrainConfig(optimizer="adam")
+>>> TrainConfig(optimizer="adam")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: TrainConfig.optimizer='adam' is not a known optimizer. Valid names: 'adamw', 'sgd' (add one to fxprune.train.OPTIMIZERS).
+ValueError: TrainConfig.optimizer='adam' is not a known optimizer. Valid names: 'adamw', 'sgd' (add one ...
 >>> Finetune().lr, Finetune().schedule
 (0.01, 'cosine')
 """

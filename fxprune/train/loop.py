@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -66,7 +68,9 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     run.scaler.step(opt)
     run.scaler.update()
-    run.scheduler.step()
+    with warnings.catch_warnings():  # fp16: the scaler skips steps that overflowed; the schedule goes on
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        run.scheduler.step()
     if run.after_step is not None:
         run.after_step(run.model, run.step)
     run.step += 1
@@ -97,8 +101,9 @@ def train_epoch(run: Run, data: Iterable, epoch: int) -> tuple[torch.Tensor, flo
             bar.update()
             if not bar.disable and (i + 1) % BAR_EVERY == 0:
                 loss_sum, correct, count = sums.tolist()
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{100 * correct / count:.2f}",
-                                img_s=f"{count * run.world_size / (time.perf_counter() - t0):.0f}", lr=f"{lr:.3g}")
+                bar.set_postfix({"loss": f"{loss_sum / count:.4f}", "acc": f"{100 * correct / count:.2f}",
+                                 "img/s": f"{count * run.world_size / (time.perf_counter() - t0):.0f}",
+                                 "lr": f"{lr:.3g}"})
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     return sums, lr, time.perf_counter() - t0

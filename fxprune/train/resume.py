@@ -27,7 +27,8 @@ def resume_state(run: Run, path: Path | None, total_steps: int | None) -> tuple[
                          f"Use a new checkpoint_dir, or resume=False to start over.") from e
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"] and run.scaler.is_enabled():  # empty when saved without fp16 (e.g. on the CPU)
+        run.scaler.load_state_dict(ckpt["scaler"])
     run.step = int(ckpt["step"])
-    set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"], run.device)
     return int(ckpt["epoch"]) + 1, TrainHistory.from_dict(ckpt["history"])

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from . import distributed as D
 from .checkpoint import rng_state, save_atomic
@@ -47,7 +48,10 @@ class Trainer:
     Under torch.distributed (torchrun) the model is wrapped in DistributedDataParallel, the data is
     sharded (``shard(rank, world_size)``, or a DistributedSampler), the metrics are global and rank 0
     writes the checkpoints. BatchNorm statistics stay per-rank as in plain DDP (rank 0's are broadcast
-    before evaluation); convert with nn.SyncBatchNorm yourself for global statistics.
+    before evaluation); convert with nn.SyncBatchNorm yourself for global statistics. Evaluation data
+    with ``shard`` (or a DistributedSampler, which pads to equal shards) is split across ranks and the
+    counts are summed; other evaluation data is evaluated whole on every rank. Outside torchrun (e.g.
+    mp.spawn), pass `device` explicitly.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_data: Iterable,
@@ -73,6 +77,7 @@ class Trainer:
         self.device = device
         self.extra_loss, self.after_step = extra_loss, after_step
         self.loss_fn = loss_fn or cross_entropy(config.label_smoothing)
+        self.eval_loss_fn = loss_fn or cross_entropy()  # evaluation reports plain cross entropy
 
     def fit(self) -> TrainHistory:
         """Train for ``config.epochs`` epochs (resuming from ``checkpoint_dir/last.pt`` when allowed)."""
@@ -85,7 +90,9 @@ class Trainer:
         model.to(device)
         if cfg.channels_last and device.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        train = D.shard(self.train_data, info.rank, info.world_size, "train_data") if D.active() else self.train_data
+        train = self.train_data
+        if D.active():
+            train = D.shard(train, info.rank, info.world_size, "train_data")
         steps = self._steps_per_epoch(train)
         total = steps * cfg.epochs if steps is not None else None
         run = Run(cfg, model, model, device, make_optimizer(model.parameters(), cfg), None,
@@ -115,9 +122,10 @@ class Trainer:
             if count == 0:
                 raise ValueError(f"train_data yielded no batches in epoch {epoch + 1}. Pass a non-empty loader.")
             if loss_sum != loss_sum or abs(loss_sum) == float("inf"):
+                kept = self._ckpt("last.pt")
                 raise FloatingPointError(
                     f"training diverged in epoch {epoch + 1}: the loss is {loss_sum / count}. Lower lr, set "
-                    f"grad_clip, or use amp=None; {self._ckpt('last.pt') or 'no checkpoint'} keeps the last good epoch.")
+                    f"grad_clip, or use amp=None." + (f" {str(kept)!r} keeps the last good epoch." if kept else ""))
             ev = self._evaluate(run, epoch)
             rec = EpochRecord(epoch, lr, loss_sum / count, 100.0 * correct / count,
                               None if ev is None else ev[0], None if ev is None else ev[1],
@@ -125,10 +133,10 @@ class Trainer:
             best = history.best_acc()
             history.records.append(rec)
             self._checkpoint(run, epoch, history, total, best)
-            if cfg.progress and run.is_main and not _isatty():
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec.train_loss:.4f} acc {rec.train_acc:.2f}"
-                      + ("" if ev is None else f" eval_loss {ev[0]:.4f} eval_acc {ev[1]:.2f}")
-                      + f" lr {lr:.3g} {rec.images_per_s:.0f} img/s {rec.seconds:.1f}s", flush=True)
+            if cfg.progress and run.is_main:  # one line per epoch (the bar itself is transient)
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec.train_loss:.4f} acc {rec.train_acc:.2f}"
+                           + ("" if ev is None else f" eval_loss {ev[0]:.4f} eval_acc {ev[1]:.2f}")
+                           + f" lr {lr:.3g} {rec.images_per_s:.0f} img/s {rec.seconds:.1f}s", file=sys.stdout)
 
     def _steps_per_epoch(self, train: object) -> int | None:
         n, cap = sized_len(train), self.config.max_steps
@@ -143,16 +151,24 @@ class Trainer:
         if self.eval_data is None or ((epoch + 1) % cfg.eval_every and epoch + 1 != cfg.epochs):
             return None
         D.broadcast_buffers(run.model)
-        data, reduce = self.eval_data, D.active() and D.can_shard(self.eval_data)
-        if reduce:  # each rank evaluates its shard; otherwise every rank evaluates everything
-            info = D.current()
-            data = D.shard(data, info.rank, info.world_size, "eval_data")
+        data, reduce = self._eval_shard()
         cl = cfg.channels_last and run.device.type == "cuda"
-        sums = eval_sums(run.model, data, run.device, amp=cfg.amp, loss_fn=self.loss_fn, channels_last=cl)
+        sums = eval_sums(run.model, data, run.device, amp=cfg.amp, loss_fn=self.eval_loss_fn, channels_last=cl)
         loss_sum, correct, count = (D.all_reduce_sum(sums) if reduce else sums).tolist()
         if count == 0:
             raise ValueError("eval_data yielded no batches. Pass a non-empty loader, or eval_data=None.")
         return loss_sum / count, 100.0 * correct / count
+
+    def _eval_shard(self) -> tuple[Iterable, bool]:
+        """(this rank's eval data, whether to sum the metrics over ranks). Data that cannot be sharded (or
+        refuses to, e.g. a batch size that world_size does not divide) is evaluated whole on every rank."""
+        if not (D.active() and D.can_shard(self.eval_data)):
+            return self.eval_data, False
+        info = D.current()
+        try:
+            return D.shard(self.eval_data, info.rank, info.world_size, "eval_data"), True
+        except ValueError:
+            return self.eval_data, False
 
     def _ckpt(self, name: str) -> Path | None:
         d = self.config.checkpoint_dir
@@ -167,7 +183,8 @@ class Trainer:
             state = {"format": 1, "epoch": epoch, "step": run.step, "total_steps": total,
                      "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                      "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-                     "history": history.to_dict(), "rng": rng_state(), "config": self.config.to_dict()}
+                     "history": history.to_dict(), "rng": rng_state(run.device),
+                     "config": self.config.to_dict()}
             save_atomic(state, path)
             acc = history.records[-1].eval_acc
             if acc is not None and (best is None or acc > best):
@@ -196,7 +213,3 @@ class Trainer:
             teacher.train(was_training)
             if home is not None:
                 teacher.to(home)
-
-
-def _isatty() -> bool:
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
