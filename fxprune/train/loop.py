@@ -57,6 +57,18 @@ def _loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, tor
     return loss, logits.detach()
 
 
+def _schedule_step(run: Run) -> None:
+    """Advance the lr schedule. With fp16 the scaler skips the first step when it overflows, which makes
+    torch warn on the scheduler's first step; that warning is silenced there only (a catch_warnings
+    on every step would reset python's once-per-location warning registry)."""
+    if not (run.scaler.is_enabled() and getattr(run.scheduler, "_step_count", 0) <= 1):
+        run.scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        run.scheduler.step()
+
+
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch (x, y); returns the detached loss and logits."""
     cfg, opt = run.config, run.optimizer
@@ -68,9 +80,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     run.scaler.step(opt)
     run.scaler.update()
-    with warnings.catch_warnings():  # fp16: the scaler skips steps that overflowed; the schedule goes on
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-        run.scheduler.step()
+    _schedule_step(run)
     if run.after_step is not None:
         run.after_step(run.model, run.step)
     run.step += 1
