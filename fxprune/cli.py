@@ -27,6 +27,8 @@ EPILOG = """examples:
   fxprune demo
   fxprune methods
   fxprune analyse torchvision:resnet18
+  fxprune prune cifar:resnet56 --method fpgm --flops 0.5 --out runs/r56
+  fxprune prune cifar:resnet20 --method taylor --flops 0.5 --data cifar10 --epochs 2 --kd --out runs/r20
   fxprune analyse torchvision:inception_v3 --json
   fxprune prune torchvision:resnet50 --method l1 --flops 0.5 --round-to 8 --out runs/r50
   fxprune prune torchvision:mobilenet_v3_small --ratio 0.3 --input-size 3,160,160 --out runs/mnv3
@@ -36,10 +38,12 @@ EPILOG = """examples:
 
 MODEL forms: torchvision:NAME (torchvision.models.get_model(NAME, weights=None), random weights),
              timm:NAME (timm.create_model(NAME, pretrained=False), input size from its pretrained_cfg)
+             cifar:NAME (fxprune.zoo CIFAR models: resnet20/32/56/110, vgg16_bn, mobilenet_v2; 3x32x32)
 """
-MODEL_FORMS = "torchvision:NAME (e.g. torchvision:resnet18) or timm:NAME (e.g. timm:convnext_tiny)"
+MODEL_FORMS = ("torchvision:NAME (e.g. torchvision:resnet18), timm:NAME (e.g. timm:convnext_tiny) or cifar:NAME "
+               "(fxprune.zoo: resnet20/32/56/110, vgg16_bn, mobilenet_v2)")
 DEFAULT_INPUT_SIZE = (3, 224, 224)
-INPUT_SIZE_OF = {"inception_v3": (3, 299, 299)}
+INPUT_SIZE_OF = {"inception_v3": (3, 299, 299), "cifar": (3, 32, 32)}
 FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 DEMO_MODEL = "torchvision:resnet18"
 
@@ -93,7 +97,16 @@ def _timm_input_size(name: str) -> tuple[int, ...] | None:
     return tuple(cfg.input_size) if cfg is not None and getattr(cfg, "input_size", None) else None
 
 
-MODEL_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model}  # prefix -> builder(name)
+def _cifar_model(name: str):
+    from fxprune.zoo import get_cifar_model
+
+    try:
+        return get_cifar_model(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+MODEL_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model, "cifar": _cifar_model}  # prefix -> builder
 
 
 def load_model(spec: str):
@@ -108,7 +121,8 @@ def example_input(spec: str, input_size: tuple[int, ...] | None):
     import torch
 
     kind, _, name = spec.partition(":")
-    default = (_timm_input_size(name) if kind == "timm" else None) or INPUT_SIZE_OF.get(name, DEFAULT_INPUT_SIZE)
+    default = (_timm_input_size(name) if kind == "timm" else None) or INPUT_SIZE_OF.get(
+        kind if kind == "cifar" else name, DEFAULT_INPUT_SIZE)
     size = input_size or default
     torch.manual_seed(0)
     return torch.randn(1, *size)
@@ -131,12 +145,51 @@ def write_outputs(res: Any, x: Any, out: Path) -> dict[str, Path]:
     res.plan.save(paths["plan"])
     paths["report"].write_text(str(res.report) + "\n")
     paths["report_json"].write_text(json.dumps(res.report.to_dict(), indent=1) + "\n")
-    fxprune.export(res.model, x, paths["onnx"])
+    fxprune.export(res.model.cpu(), x, paths["onnx"])
     return paths
 
 
-def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, round_to: int, as_json: bool) -> int:
-    res = fxprune.prune(model, x, method=method, round_to=round_to, **budget)
+def _cifar10_data(path: str):
+    from fxprune.data import cifar10_loaders
+
+    try:
+        return cifar10_loaders(path or None, batch_size=128)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+
+
+DATA_SOURCES = {"cifar10": _cifar10_data}  # --data NAME[:PATH] -> (train, test) loaders
+DATA_INPUT_SIZE = {"cifar10": (3, 32, 32)}
+
+
+def parse_data(text: str) -> tuple[str, str]:
+    """'cifar10' (the vendored subset) or 'cifar10:PATH' (the full archive) -> (name, path)."""
+    name, _, path = text.partition(":")
+    if name not in DATA_SOURCES:
+        raise argparse.ArgumentTypeError(f"unknown data {text!r}; use {', '.join(DATA_SOURCES)}[:PATH] (no PATH: "
+                                         f"the vendored subset)")
+    return name, path
+
+
+def data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """prune() keyword arguments for --data / --epochs / --kd / --steps / --scope."""
+    opts: dict[str, Any] = {} if args.scope is None else {"scope": args.scope}
+    if args.data is None:
+        if args.epochs or args.kd or args.steps > 1:
+            raise UsageError("--epochs, --kd and --steps fine-tune: they need --data (e.g. --data cifar10)")
+        return opts
+    from fxprune.train import Finetune
+
+    train, test = DATA_SOURCES[args.data[0]](args.data[1])
+    opts.update(data=train, eval_data=test, steps=args.steps)
+    if args.epochs or args.steps > 1:
+        opts["finetune"] = Finetune(epochs=max(args.epochs, 1), kd=args.kd, progress=not args.json)
+    return opts
+
+
+def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, round_to: int, as_json: bool,
+                    **options: Any) -> int:
+    res = fxprune.prune(model, x, method=method, round_to=round_to, **budget, **options)
     paths = write_outputs(res, x, out)
     if as_json:
         print(json.dumps({"report": res.report.to_dict(), "files": {k: str(p) for k, p in paths.items()}}, indent=1))
@@ -196,12 +249,22 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept widths are multiples of N")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="writes DIR/plan.json, report.txt, report.json, slim.onnx")
+    p.add_argument("--scope", choices=("global", "local"), default=None,
+                   help="global: one threshold over all groups; local: every group loses the same fraction")
+    p.add_argument("--data", type=parse_data, default=None, metavar="cifar10[:PATH]",
+                   help="training data for data-driven methods and fine-tuning (no PATH: the vendored subset)")
+    p.add_argument("--epochs", type=int, default=0, help="fine-tune the slim model for N epochs (needs --data)")
+    p.add_argument("--kd", action="store_true", help="distil from the dense model while fine-tuning")
+    p.add_argument("--steps", type=int, default=1, help="iterative pruning in N prune / fine-tune rounds")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    if args.data is not None and args.input_size is None:
+        args.input_size = DATA_INPUT_SIZE[args.data[0]]
+    options = data_options(args)
     model, x = model_and_input(args)
-    return prune_and_write(model, x, args.out, args.method, budget_of(args), args.round_to, args.json)
+    return prune_and_write(model, x, args.out, args.method, budget_of(args), args.round_to, args.json, **options)
 
 
 def add_export(p: argparse.ArgumentParser) -> None:

@@ -309,3 +309,30 @@ def test_analyse_says_why_groups_are_frozen(capsys):
     code, out, _ = run_cli(capsys, "analyse", "torchvision:resnet18", "--input-size", "3,32,32")
     assert code == 0
     assert "frozen group" in out and "reaches the network output" in out
+
+
+# ----------------------------------------------------------------------------- data, fine-tuning
+
+
+def test_prune_with_data_fine_tunes_and_reports_accuracy(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "cifar:resnet20", "--method", "taylor", "--flops", "0.5", "--data",
+                           "cifar10", "--epochs", "1", "--kd", "--out", str(tmp_path / "r"), "--json")
+    assert code == 0
+    report = json.loads(out)["report"]
+    assert set(report["accuracy"]) == {"dense", "pruned", "finetuned"} and report["flops_ratio"] <= 0.5
+
+
+def test_fine_tune_options_without_data_are_usage_errors(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "prune", "cifar:resnet20", "--flops", "0.5", "--epochs", "2",
+                           "--out", str(tmp_path))
+    assert code == 2 and "--data" in err
+    code, _, err = run_cli(capsys, "prune", "cifar:resnet20", "--flops", "0.5", "--data", "imagenet",
+                           "--out", str(tmp_path))
+    assert code == 2 and "cifar10" in err
+
+
+def test_cifar_models_load_at_32x32(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "prune", "cifar:resnet20", "--ratio", "0.5", "--out", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out)["report"]["flops_ratio"] < 0.5
+    code, _, err = run_cli(capsys, "analyse", "cifar:resnet18")
+    assert code == 2 and "resnet56" in err
