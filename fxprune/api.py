@@ -157,9 +157,8 @@ def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, optio
                round_to: int, strict: bool, scope: str, steps: int) -> PruningPlan:
     decisions = [GroupDecision(g.id, g.size, list(keep.get(g.id, range(g.size)))) for g in ga.groups]
     opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-    opts.update(scope=scope, steps=steps)
     return PruningPlan(decisions, ga.signature, method, opts, {"kind": budget.kind, "value": budget.value},
-                       round_to, strict, library_version=__version__)
+                       round_to, strict, scope, steps, library_version=__version__)
 
 
 def _ignored_groups(gm: fx.GraphModule, ga: GraphAnalysis, ignore: Iterable) -> set[int]:

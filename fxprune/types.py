@@ -84,6 +84,8 @@ class PruningPlan:
     budget: dict[str, Any] = field(default_factory=dict)
     round_to: int = 1
     strict: bool = True
+    scope: str = "global"  # how a FLOPs / params budget was spread: "global" or "local"
+    steps: int = 1  # prune rounds (iterative pruning)
     achieved: dict[str, float] = field(default_factory=dict)
     library_version: str = ""
     format: int = PLAN_FORMAT

@@ -182,7 +182,7 @@ def test_local_scope_is_uniform_and_global_is_not(method):
     local = fxprune.prune(m, x, method=method, flops=0.5, scope="local")
     fractions = _fractions(local)
     assert local.report.flops_ratio <= 0.5 and max(fractions) - min(fractions) <= 0.02
-    assert local.plan.method_options["scope"] == "local"
+    assert local.plan.scope == "local"
     assert_slim_equals_masked(m, x, local)
 
 
@@ -243,7 +243,7 @@ def test_iterative_pruning_reaches_the_budget_and_keeps_earlier_decisions(monkey
     for (_, a), (_, b) in zip(seen, seen[1:]):
         assert all(set(b[g]) <= set(a[g]) for g in a)
     assert len(res.history) == 3 and res.report.flops_ratio <= 0.4
-    assert res.plan.method_options["steps"] == 3
+    assert res.plan.steps == 3
 
 
 def test_from_scratch_finetune_reinitialises_the_slim_model():
