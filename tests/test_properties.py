@@ -433,13 +433,15 @@ def _at_strict_minimum(model: nn.Module, x: torch.Tensor, plan: PruningPlan) -> 
 
 
 @settings(max_examples=N_GLOBAL)
-@given(budget=FLOPS_BUDGETS, kind=st.sampled_from(["flops", "params"]), method=st.sampled_from(["random", "l1"]),
+@given(budget=FLOPS_BUDGETS, kind=st.sampled_from(["flops", "params"]),
+       method=st.sampled_from(["random", "l1", "fpgm", "uniform"]), scope=st.sampled_from(["global", "local"]),
        seed=st.integers(0, 2**16), weight_seed=st.integers(0, 2**16), spec=specs())
-def test_global_budgets(budget, kind, method, seed, weight_seed, spec):
-    budget_case(budget, kind, method, seed, weight_seed, spec)
+def test_global_budgets(budget, kind, method, scope, seed, weight_seed, spec):
+    budget_case(budget, kind, method, seed, weight_seed, spec, scope)
 
 
-def budget_case(budget: float, kind: str, method: str, seed: int, weight_seed: int, spec) -> None:
+def budget_case(budget: float, kind: str, method: str, seed: int, weight_seed: int, spec,
+                scope: str = "global") -> None:
     """FLOPs (and params) budgets: the result fits the budget, or it is the smallest plan there is.
 
     "Smallest plan" = the plan prune returns for a vanishing budget (1e-9): every group at its minimum
@@ -449,14 +451,14 @@ def budget_case(budget: float, kind: str, method: str, seed: int, weight_seed: i
     model, inputs = build(spec, weight_seed)
     x = inputs[0]
     before = dense_outputs(model, inputs)
-    res = fxprune.prune(model, x, method=method, seed=seed, **{kind: budget})
+    res = fxprune.prune(model, x, method=method, seed=seed, scope=scope, **{kind: budget})
     check_result(model, inputs, res, before)
     achieved = res.report.flops_ratio if kind == "flops" else res.report.params_ratio
     _note(f"{kind} ratio {achieved:.4f} for budget {budget:.4f}")
     if achieved <= budget + 1e-6:
         _event(f"{kind} budget met")
         return
-    smallest = fxprune.prune(model, x, method=method, seed=seed, **{kind: 1e-9})
+    smallest = fxprune.prune(model, x, method=method, seed=seed, scope=scope, **{kind: 1e-9})
     least = smallest.report.flops_ratio if kind == "flops" else smallest.report.params_ratio
     _note(f"smallest plan: {kind} ratio {least:.4f}, widths {[len(d.keep) for d in smallest.plan.groups]}; "
           f"this plan: {[len(d.keep) for d in res.plan.groups]}")
