@@ -507,6 +507,11 @@ RATIO_REGRESSIONS = [
     pytest.param(0.25, 0, 0, (1, [("conv", 8, 1, 1), ("split", "sizes", 3, [], [("act", "relu"),
                                                                              ("cat", [("dw", 3, 2)], [])]),
                                   ("act", "relu"), ("conv", 6, 1, 3)], "gap"), id="split-cat-dw-grouped-conv"),
+    # cat([x, x]) into a grouped conv whose output is added back to x: the conv-group factor collapses
+    # (it was frozen) but the channels-within-a-group factor stayed prunable, so the slim conv lost input
+    # channels the cat still produced ("Given groups=8 ... weight of size [4, 1, 1, 1]")
+    pytest.param(0.25, 0, 0, (1, [("conv", 4, 1, 1), ("res", [("cat", [], []), ("conv", 4, 1, 4)])], "gap"),
+                 id="cat-self-grouped-conv-residual"),
 ]
 
 BUDGET_REGRESSIONS = [

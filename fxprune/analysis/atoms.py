@@ -203,7 +203,12 @@ class AtomTable:
 
     def _bind(self, root: int, t: tuple[int, ...]) -> None:
         if root in {self.find(x) for x in t} or root in self._all_leaves(t):
-            self.freeze_atom(root, "channel structure refers to itself (cyclic reshape)")
+            # the product cannot be recorded, so its factors must not be pruned on their own either (a
+            # cat([x, x]) into a grouped conv added back to x: x = (conv group, channel in group) = group)
+            reason = "channel structure refers to itself (cyclic reshape)"
+            self.freeze_atom(root, reason)
+            for leaf in self._all_leaves(t):
+                self.freeze_atom(leaf, reason)
             return
         self.term[root] = t
         reason = self.frozen.pop(root, None)
