@@ -8,15 +8,17 @@ from .analysis import register_rule, method_key
 from .api import __version__, analyse, apply_masks, apply_plan, prune, remove_masks
 from .cost import count_flops, count_params
 from .export import export
-from .errors import ExportParityError, FxPruneError, PlanMismatchError, TraceError, UnsupportedOpError
+from .errors import ExportParityError, FxPruneError, PlanMismatchError, RunDirError, TraceError, UnsupportedOpError
 from .methods import list_methods, register_method
+from .run import load, load_run_info
 from .trace import trace
 from .types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, PruningPlan, Report
 
 
 __all__ = [
     "ChannelGroup", "ChannelSlot", "ExportParityError", "FxPruneError", "GroupDecision", "PlanMismatchError",
-    "PruneResult", "PruningPlan", "Report", "TraceError", "UnsupportedOpError", "__version__", "analyse",
-    "apply_masks", "apply_plan", "count_flops", "count_params", "export", "list_methods", "method_key", "prune",
+    "PruneResult", "PruningPlan", "Report", "RunDirError", "TraceError", "UnsupportedOpError", "__version__",
+    "analyse", "apply_masks", "apply_plan", "count_flops", "count_params", "export", "list_methods", "load",
+    "load_run_info", "method_key", "prune",
     "register_method", "register_rule", "remove_masks", "trace",
 ]

@@ -1,8 +1,10 @@
-"""The `fxprune` console script: analyse, prune, export, methods, demo.
+"""The `fxprune` console script: analyse, prune, export, bench, report, methods, demo.
 
-Every subcommand is one entry of `COMMANDS` (name -> help, argument adder, runner). Exit codes: 0 ok,
-1 when fxprune (or the model) refuses the request, 2 for bad usage (unknown model spec, bad input size).
-Set FXPRUNE_DEBUG=1 to see the traceback of a refused request.
+Every subcommand is one entry of `COMMANDS` (name -> help, argument adder, runner, --help examples); MODEL
+arguments are resolved by the registry in `fxprune.cli_models`, the run-directory commands (export, bench,
+report) live in `fxprune.cli_runs`. Exit codes: 0 ok, 1 when fxprune (or the model) refuses the request or
+fails at run time, 2 for bad usage (unknown model spec, bad input size). Set FXPRUNE_DEBUG=1 to see the
+traceback of a refused request.
 
 >>> parse_input_size("3,64,64")
 (3, 64, 64)
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import fxprune
+from fxprune import cli_models, cli_runs
+from fxprune.cli_models import (DEFAULT_INPUT_SIZE, INPUT_SIZE_OF, MODEL_FORMS, MODEL_FORMS_HELP,  # noqa: F401
+                                MODEL_SOURCES, UsageError, add_model_args, example_input, load_model,
+                                parse_input_size)
+from fxprune.cli_runs import FORMAT_SUFFIX, export_path  # noqa: F401
 from fxprune.errors import FxPruneError
+from fxprune.run import EXPORT_FILES, save_run
 
 EPILOG = """examples:
   fxprune demo
@@ -32,121 +41,62 @@ EPILOG = """examples:
   fxprune analyse torchvision:inception_v3 --json
   fxprune prune torchvision:resnet50 --method l1 --flops 0.5 --round-to 8 --out runs/r50
   fxprune prune torchvision:mobilenet_v3_small --ratio 0.3 --input-size 3,160,160 --out runs/mnv3
+  fxprune prune mypkg.models:build_net --flops 0.5 --input-size 3,128,128 --out runs/net
+  fxprune export runs/r50 --format torchscript
+  fxprune bench runs/r50 --device cuda
+  fxprune report runs/r50
   fxprune export torchvision:resnet50 --plan runs/r50/plan.json --format torchscript --out r50.pt
 
   fxprune prune timm:convnext_tiny --ratio 0.5 --out runs/cnx
 
-MODEL forms: torchvision:NAME (torchvision.models.get_model(NAME, weights=None), random weights),
-             timm:NAME (timm.create_model(NAME, pretrained=False), input size from its pretrained_cfg)
-             cifar:NAME (fxprune.zoo CIFAR models: resnet20/32/56/110, vgg16_bn, mobilenet_v2; 3x32x32)
+""" + MODEL_FORMS_HELP + """
+
+A run directory (prune --out DIR) holds plan.json, report.txt, report.json, report.html, slim.safetensors,
+run.json and the exports; rebuild its slim model in Python with fxprune.load(DIR, model).
 """
-MODEL_FORMS = ("torchvision:NAME (e.g. torchvision:resnet18), timm:NAME (e.g. timm:convnext_tiny) or cifar:NAME "
-               "(fxprune.zoo: resnet20/32/56/110, vgg16_bn, mobilenet_v2)")
-DEFAULT_INPUT_SIZE = (3, 224, 224)
-INPUT_SIZE_OF = {"inception_v3": (3, 299, 299), "cifar": (3, 32, 32)}
-FORMAT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+ANALYSE_EXAMPLES = """examples:
+  fxprune analyse torchvision:resnet18
+  fxprune analyse timm:convnext_tiny --input-size 3,64,64 --json
+  fxprune analyse ./my_model.pt --input-size 3,128,128
+
+""" + MODEL_FORMS_HELP
+PRUNE_EXAMPLES = """examples:
+  fxprune prune torchvision:resnet50 --flops 0.5 --round-to 8 --out runs/r50
+  fxprune prune cifar:resnet20 --method taylor --flops 0.5 --data cifar10 --epochs 2 --kd --out runs/r20
+  fxprune prune torchvision.models:mobilenet_v2 --ratio 0.3 --export onnx,pt2 --out runs/mnv2 --json
+  fxprune prune fxprune.zoo:resnet56 --params 0.5 --input-size 3,32,32 --scope local --out runs/r56
+
+writes DIR/plan.json, report.txt, report.json, report.html, slim.safetensors, run.json and the exports.
+
+""" + MODEL_FORMS_HELP
+METHODS_EXAMPLES = """examples:
+  fxprune methods
+  fxprune methods --json
+"""
 DEMO_MODEL = "torchvision:resnet18"
-
-
-class UsageError(Exception):
-    """Bad command-line usage: reported on stderr with exit code 2."""
+EXPORT_FORMATS = tuple(EXPORT_FILES)  # prune --export NAMES
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def parse_input_size(text: str) -> tuple[int, ...]:
-    """'3,224,224' or '3x224x224' -> (3, 224, 224): one sample's shape, without the batch dimension."""
-    try:
-        dims = tuple(int(p) for p in text.lower().replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        dims = ()
-    if not dims or any(d <= 0 for d in dims):
-        raise argparse.ArgumentTypeError(f"input size {text!r} is not like 3,224,224 (positive ints, no batch dim)")
-    return dims
-
-
-def _torchvision_model(name: str):
-    import torchvision
-
-    try:
-        return torchvision.models.get_model(name, weights=None)
-    except ValueError as e:
-        raise UsageError(f"torchvision has no model {name!r} ({e}); list them with "
-                         f"python -c 'import torchvision; print(torchvision.models.list_models())'") from e
-
-
-def _timm_model(name: str):
-    try:
-        import timm
-    except ImportError as e:
-        raise UsageError("timm:NAME needs the timm package: pip install timm") from e
-    if not timm.is_model(name):
-        raise UsageError(f"timm has no model {name!r}; list them with python -c 'import timm; "
-                         f"print(timm.list_models())'")
-    return timm.create_model(name, pretrained=False)
-
-
-def _timm_input_size(name: str) -> tuple[int, ...] | None:
-    try:
-        import timm
-
-        cfg = timm.get_pretrained_cfg(name)
-    except Exception:  # noqa: BLE001 -- unknown names are reported by load_model
-        return None
-    return tuple(cfg.input_size) if cfg is not None and getattr(cfg, "input_size", None) else None
-
-
-def _cifar_model(name: str):
-    from fxprune.zoo import get_cifar_model
-
-    try:
-        return get_cifar_model(name)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-
-
-MODEL_SOURCES = {"torchvision": _torchvision_model, "timm": _timm_model, "cifar": _cifar_model}  # prefix -> builder
-
-
-def load_model(spec: str):
-    """Build the model a MODEL argument names, in eval mode, with random weights (no downloads)."""
-    kind, _, name = spec.partition(":")
-    if kind not in MODEL_SOURCES or not name:
-        raise UsageError(f"unknown model spec {spec!r}; accepted forms: {MODEL_FORMS}")
-    return MODEL_SOURCES[kind](name).eval()
-
-
-def example_input(spec: str, input_size: tuple[int, ...] | None):
-    import torch
-
-    kind, _, name = spec.partition(":")
-    default = (_timm_input_size(name) if kind == "timm" else None) or INPUT_SIZE_OF.get(
-        kind if kind == "cifar" else name, DEFAULT_INPUT_SIZE)
-    size = input_size or default
-    torch.manual_seed(0)
-    return torch.randn(1, *size)
-
-
 def model_and_input(args: argparse.Namespace):
-    model = load_model(args.model)  # spec errors first: no tensor work for a typo
+    model = cli_models.load_model(args.model)  # spec errors first: no tensor work for a typo
     return model, example_input(args.model, args.input_size)
+
+
+def parse_exports(text: str) -> tuple[str, ...]:
+    """'onnx,pt2' -> ('onnx', 'pt2'); 'none' or '' -> ()."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    bad = [n for n in names if n not in EXPORT_FORMATS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown export format(s) {', '.join(bad)}; use a comma-separated list "
+                                         f"of {', '.join(EXPORT_FORMATS)} (or none)")
+    return names
 
 
 def budget_of(args: argparse.Namespace) -> dict[str, float]:
     return {k: getattr(args, k) for k in ("flops", "params", "ratio") if getattr(args, k) is not None}
-
-
-def write_outputs(res: Any, x: Any, out: Path) -> dict[str, Path]:
-    """Save plan, report (text and JSON) and the parity-checked ONNX export of a PruneResult under `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / n for k, n in
-             (("plan", "plan.json"), ("report", "report.txt"), ("report_json", "report.json"), ("onnx", "slim.onnx"))}
-    res.plan.save(paths["plan"])
-    paths["report"].write_text(str(res.report) + "\n")
-    paths["report_json"].write_text(json.dumps(res.report.to_dict(), indent=1) + "\n")
-    fxprune.export(res.model.cpu(), x, paths["onnx"])
-    return paths
 
 
 def _cifar10_data(path: str):
@@ -187,10 +137,13 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, round_to: int, as_json: bool,
-                    **options: Any) -> int:
+def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, round_to: int, as_json: bool, *,
+                    model_spec: str | None = None, command: str | None = None,
+                    exports: Sequence[str] = ("onnx",), **options: Any) -> int:
+    """Prune, write the run directory `out` (fxprune.run.save_run) and its HTML report, print the report."""
     res = fxprune.prune(model, x, method=method, round_to=round_to, **budget, **options)
-    paths = write_outputs(res, x, out)
+    paths = save_run(res, x, out, model_spec=model_spec, command=command, exports=exports)
+    paths["html"] = cli_runs.render_html(out)
     if as_json:
         print(json.dumps({"report": res.report.to_dict(), "files": {k: str(p) for k, p in paths.items()}}, indent=1))
     else:
@@ -215,14 +168,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- subcommands
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help=f"model to load; accepted forms: {MODEL_FORMS}")
-    p.add_argument("--input-size", type=parse_input_size, default=None, metavar="C,H,W",
-                   help="one sample's shape (batch 1 is added); default 3,224,224 (3,299,299 for inception_v3)")
-
-
 def add_analyse(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    add_model_args(p, what="model to analyse")
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
 
 
@@ -240,7 +187,7 @@ def run_analyse(args: argparse.Namespace) -> int:
 
 
 def add_prune(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    add_model_args(p, what="model to prune")
     p.add_argument("--method", default="l1", help="scoring method (see `fxprune methods`); default l1")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--flops", type=float, help="keep this fraction of the FLOPs, e.g. 0.5")
@@ -248,7 +195,10 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--ratio", type=float, help="remove this fraction of each group's channels")
     p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept widths are multiples of N")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
-                   help="writes DIR/plan.json, report.txt, report.json, slim.onnx")
+                   help="the run directory to write (plan, reports, slim weights, exports)")
+    p.add_argument("--export", type=parse_exports, default=("onnx",), metavar="FORMATS",
+                   help=f"comma-separated exports of the slim model: {','.join(EXPORT_FORMATS)} or none "
+                        f"(default onnx; each parity-checked)")
     p.add_argument("--scope", choices=("global", "local"), default=None,
                    help="global: one threshold over all groups; local: every group loses the same fraction")
     p.add_argument("--data", type=parse_data, default=None, metavar="cifar10[:PATH]",
@@ -264,41 +214,19 @@ def run_prune(args: argparse.Namespace) -> int:
         args.input_size = DATA_INPUT_SIZE[args.data[0]]
     options = data_options(args)
     model, x = model_and_input(args)
-    return prune_and_write(model, x, args.out, args.method, budget_of(args), args.round_to, args.json, **options)
+    return prune_and_write(model, x, args.out, args.method, budget_of(args), args.round_to, args.json,
+                           model_spec=args.model, command=getattr(args, "command_line", None), exports=args.export,
+                           **options)
 
 
-def add_export(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    p.add_argument("--plan", type=Path, required=True, help="plan.json written by `fxprune prune`")
-    p.add_argument("--format", choices=sorted(FORMAT_SUFFIX), default=None,
-                   help="default: from the suffix of --out (.onnx, .pt, .pt2)")
-    p.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
-
-
-def export_path(out: Path, fmt: str | None) -> Path:
-    if fmt is None:
-        if out.suffix not in FORMAT_SUFFIX.values():
-            raise UsageError(f"cannot tell the format of {out}: give --format or a .onnx/.pt/.pt2 suffix")
-        return out
-    want = FORMAT_SUFFIX[fmt]
-    if out.suffix and out.suffix != want:
-        raise UsageError(f"--format {fmt} writes a {want} file, but --out is {out}")
-    return out.with_suffix(want)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    path = export_path(args.out, args.format)
-    model, x = model_and_input(args)
-    slim = fxprune.apply_plan(model, x, fxprune.PruningPlan.load(args.plan))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fxprune.export(slim, x, path)
-    print(f"wrote {path}")
-    return 0
+def add_methods(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print {name: summary} as JSON")
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    print("\n".join(fxprune.list_methods()))
-    return 0
+    summaries = fxprune.methods.method_summaries()
+    width = max(map(len, summaries), default=0)
+    return cli_runs.print_result(args, summaries, "\n".join(f"{k:<{width}}  {v}" for k, v in summaries.items()))
 
 
 def add_demo(p: argparse.ArgumentParser) -> None:
@@ -316,14 +244,21 @@ class Command:
     help: str
     add: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    examples: str = ""  # the subcommand's --help epilog
 
 
 COMMANDS: dict[str, Command] = {
-    "analyse": Command("print the model's channel groups", add_analyse, run_analyse),
-    "prune": Command("prune a model under a budget and write plan, report and slim.onnx", add_prune, run_prune),
-    "export": Command("rebuild the slim model from a plan and export it", add_export, run_export),
-    "methods": Command("list the registered scoring methods", lambda p: None, run_methods),
-    "demo": Command("prune resnet18 to half its FLOPs (no downloads)", add_demo, run_demo),
+    "analyse": Command("print the model's channel groups", add_analyse, run_analyse, ANALYSE_EXAMPLES),
+    "prune": Command("prune a model under a budget and write a run directory (plan, report, weights, exports)",
+                     add_prune, run_prune, PRUNE_EXAMPLES),
+    "export": Command("export the slim model of a run directory (or of MODEL + plan.json)", cli_runs.add_export,
+                      cli_runs.run_export, cli_runs.EXPORT_EXAMPLES + "\n" + MODEL_FORMS_HELP),
+    "bench": Command("time the slim model against the dense one (median latency)", cli_runs.add_bench,
+                     cli_runs.run_bench, cli_runs.BENCH_EXAMPLES),
+    "report": Command("(re)render a run directory's HTML report", cli_runs.add_report, cli_runs.run_report,
+                      cli_runs.REPORT_EXAMPLES),
+    "methods": Command("list the registered scoring methods", add_methods, run_methods, METHODS_EXAMPLES),
+    "demo": Command("prune resnet18 to half its FLOPs (no downloads)", add_demo, run_demo, EPILOG),
 }
 
 
@@ -332,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Structured channel pruning of PyTorch models through torch.fx.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help, epilog=EPILOG,
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, epilog=cmd.examples or EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add(p)
         p.set_defaults(run=cmd.run)
@@ -342,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit code (0 ok, 1 refused by fxprune, 2 bad usage)."""
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
+        args.command_line = shlex.join(["fxprune", *argv])
         return args.run(args)
     except SystemExit as e:  # argparse: --help (0) and bad usage (2)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
@@ -352,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}\n(see fxprune --help)", file=sys.stderr)
         return 2
-    except (FxPruneError, ValueError, TypeError, OSError) as e:
+    except (FxPruneError, ValueError, TypeError, OSError, RuntimeError) as e:
         if os.environ.get("FXPRUNE_DEBUG"):
             raise
         print(f"error: {e}\n(set FXPRUNE_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -27,3 +27,7 @@ class UnknownMethodError(FxPruneError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class RunDirError(FxPruneError):
+    """A run directory is missing a file, or holds files that do not fit together (weights vs plan)."""

@@ -21,18 +21,22 @@ def _bench_module():
     return mod
 
 
+SMOKE_RUNS = ("l1", "l2", "fpgm", "taylor", "slimming", "random", "l1+kd", "tp-l1", "uniform-scratch")
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("b2") / "results"
     bench = _bench_module()
-    data = bench.main(["--profile", "smoke", "--out", str(out), "--quiet"])
+    data = bench.main(["--profile", "smoke", "--out", str(out), "--quiet", "--runs", ",".join(SMOKE_RUNS)])
     return bench, out, data
 
 
 def test_every_run_meets_the_budget_and_reports_accuracy(smoke):
     bench, _, data = smoke
     runs = {r["run"]: r for r in data["records"]}
-    assert set(runs) == {"dense", *bench.DEFAULT_RUNS}
+    assert set(runs) == {"dense", *SMOKE_RUNS} and set(bench.DEFAULT_RUNS) <= set(SMOKE_RUNS)
+    assert set(bench.fxprune.list_methods()) - {"uniform"} <= set(SMOKE_RUNS)  # every method, uniform as scratch
     for name, r in runs.items():
         assert 0.0 <= r["acc_finetuned"] <= 100.0 and r["history"], name
         if name != "dense":

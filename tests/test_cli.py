@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fxprune
-from fxprune import cli
+from fxprune import cli, cli_models, cli_runs
 from fxprune.errors import FxPruneError
 
 
@@ -22,8 +22,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def tiny_model(monkeypatch):
-    """Make every MODEL load a tiny module (the spec is still checked), so faked commands run fast."""
-    real = cli.load_model
+    """Make every torchvision:NAME load a tiny module (the spec is still checked), so faked commands run fast."""
+    real = cli_models.load_model
     loaded = []
 
     def fake_load(spec):
@@ -34,6 +34,7 @@ def tiny_model(monkeypatch):
         return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
 
     monkeypatch.setattr(cli, "load_model", fake_load)
+    monkeypatch.setattr(cli_models, "load_model", fake_load)
     return loaded
 
 
@@ -78,7 +79,13 @@ def fake_api(monkeypatch):
     monkeypatch.setattr(fxprune, "apply_plan", apply_plan, raising=False)
     monkeypatch.setattr(fxprune, "PruningPlan", SimpleNamespace(load=lambda p: ("plan", str(p))), raising=False)
     monkeypatch.setattr(fxprune, "list_methods", lambda: ["l1", "random"], raising=False)
+    monkeypatch.setattr(cli_runs, "render_html", fake_render)
     return calls
+
+
+def fake_render(run_dir):
+    (Path(run_dir) / "report.html").write_text("<html>fake</html>")
+    return Path(run_dir) / "report.html"
 
 
 # ----------------------------------------------------------------------------- usage and help
@@ -166,7 +173,7 @@ def test_default_input_sizes():
 
 
 def test_commands_registry_is_complete():
-    assert set(cli.COMMANDS) == {"analyse", "prune", "export", "methods", "demo"}
+    assert set(cli.COMMANDS) == {"analyse", "prune", "export", "bench", "report", "methods", "demo"}
 
 
 # ----------------------------------------------------------------------------- commands against a faked API
@@ -263,9 +270,14 @@ def test_export_format_from_suffix_and_mismatch(capsys, tmp_path, fake_api, tiny
                    "--out", str(tmp_path / "m.onnx"))[0] == 2
 
 
-def test_methods_lists_names(capsys, fake_api):
+def test_methods_lists_names_and_summaries(capsys):
+    summaries = fxprune.methods.method_summaries()
     code, out, _ = run_cli(capsys, "methods")
-    assert code == 0 and out.split() == ["l1", "random"]
+    lines = out.splitlines()
+    assert code == 0 and [line.split()[0] for line in lines] == list(summaries)
+    assert all(line.endswith(summaries[line.split()[0]]) for line in lines)
+    code, out, _ = run_cli(capsys, "methods", "--json")
+    assert code == 0 and json.loads(out) == summaries
 
 
 def test_demo_uses_resnet18_half_flops(capsys, tmp_path, fake_api, tiny_model):
