@@ -25,12 +25,15 @@ from typing import Any
 
 import fxprune
 from fxprune import cli_models, cli_runs
-from fxprune.cli_models import (DEFAULT_INPUT_SIZE, INPUT_SIZE_OF, MODEL_FORMS, MODEL_FORMS_HELP,  # noqa: F401
-                                MODEL_SOURCES, UsageError, add_model_args, example_input, load_model,
-                                parse_input_size)
-from fxprune.cli_runs import FORMAT_SUFFIX, export_path  # noqa: F401
+from fxprune.cli_models import (DEFAULT_INPUT_SIZE, INPUT_SIZE_OF, MODEL_FORMS, MODEL_FORMS_HELP, MODEL_SOURCES,
+                                UsageError, add_model_args, example_input, load_model, parse_input_size)
+from fxprune.cli_runs import FORMAT_SUFFIX, export_path
 from fxprune.errors import FxPruneError
 from fxprune.run import EXPORT_FILES, save_run
+
+__all__ = ["COMMANDS", "DEFAULT_INPUT_SIZE", "FORMAT_SUFFIX", "INPUT_SIZE_OF", "MODEL_FORMS", "MODEL_SOURCES",
+           "Command", "UsageError", "build_parser", "example_input", "export_path", "load_model", "main",
+           "parse_input_size", "prune_and_write"]
 
 EPILOG = """examples:
   fxprune demo

@@ -348,3 +348,188 @@ def test_cifar_models_load_at_32x32(capsys, tmp_path):
     assert code == 0 and json.loads(out)["report"]["flops_ratio"] < 0.5
     code, _, err = run_cli(capsys, "analyse", "cifar:resnet18")
     assert code == 2 and "resnet56" in err
+
+
+# ----------------------------------------------------------------------------- MODEL forms, run directories
+
+NETS = '''
+from torch import nn
+
+NOT_CALLABLE = 3
+
+
+def tiny():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
+def needs_args(width):
+    return nn.Linear(width, 2)
+
+
+def not_a_module():
+    return 42
+'''
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """An importable module `fxprune_test_nets` with model factories (and broken ones)."""
+    import sys
+
+    root = tmp_path_factory.mktemp("nets")
+    (root / "fxprune_test_nets.py").write_text(NETS)
+    sys.path.insert(0, str(root))
+    yield "fxprune_test_nets"
+    sys.path.remove(str(root))
+    sys.modules.pop("fxprune_test_nets", None)
+
+
+@pytest.fixture(scope="module")
+def run_dir(nets, tmp_path_factory):
+    """`fxprune prune fxprune_test_nets:tiny ... --export onnx,torchscript,pt2 --out DIR`, run once."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    code = cli.main(["prune", f"{nets}:tiny", "--ratio", "0.5", "--input-size", "3,16,16", "--export",
+                     "onnx,torchscript,pt2", "--out", str(out), "--json"])
+    assert code == 0
+    return out
+
+
+def test_factory_specs_build_models(capsys, nets):
+    assert cli_models.source_of("torchvision.models:resnet18") == "factory"
+    code, out, err = run_cli(capsys, "analyse", "torchvision.models:resnet18", "--input-size", "3,32,32")
+    assert code == 0 and "channel groups" in out, err
+    code, out, err = run_cli(capsys, "analyse", f"{nets}:tiny", "--input-size", "3,16,16", "--json")
+    assert code == 0 and json.loads(out)[0]["size"] == 16, err
+
+
+@pytest.mark.parametrize("attr, message", [
+    ("missing", "has no attribute 'missing'"), ("NOT_CALLABLE", "names a int, which cannot be called"),
+    ("needs_args", "cannot be called without arguments"), ("not_a_module", "gave a int, not a torch.nn.Module")])
+def test_factory_spec_errors_exit_2(capsys, nets, attr, message):
+    code, out, err = run_cli(capsys, "analyse", f"{nets}:{attr}")
+    assert code == 2 and message in err and out == ""
+
+
+def test_factory_spec_unknown_module_exits_2(capsys):
+    code, _, err = run_cli(capsys, "analyse", "no_such_pkg_xyz.models:build")
+    assert code == 2 and "cannot import module 'no_such_pkg_xyz.models'" in err
+
+
+def test_factory_module_in_the_current_directory(capsys, monkeypatch, tmp_path):
+    import sys
+
+    (tmp_path / "fxprune_cwd_nets.py").write_text(NETS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        assert run_cli(capsys, "analyse", "fxprune_cwd_nets:tiny", "--input-size", "3,8,8")[0] == 0
+    finally:
+        sys.modules.pop("fxprune_cwd_nets", None)
+
+
+def test_saved_model_files(capsys, nets, tmp_path):
+    import importlib
+
+    model = importlib.import_module(nets).tiny()
+    torch.save(model, tmp_path / "tiny.pt")
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    assert cli_models.source_of(str(tmp_path / "tiny.pt")) == "file"
+    code, out, err = run_cli(capsys, "analyse", str(tmp_path / "tiny.pt"), "--input-size", "3,16,16")
+    assert code == 0 and "channel groups" in out, err
+    code, _, err = run_cli(capsys, "analyse", str(tmp_path / "weights.pth"))
+    assert code == 2 and "state_dict" in err and "torch.save(model, PATH)" in err
+    code, _, err = run_cli(capsys, "analyse", str(tmp_path / "nope.pt"))
+    assert code == 2 and "does not exist" in err
+    assert "unpickled" in run_cli(capsys, "analyse", "--help")[1]
+
+
+def test_prune_writes_a_loadable_run_dir(nets, run_dir):
+    import importlib
+
+    for name in ("plan.json", "report.txt", "report.json", "report.html", "slim.safetensors", "run.json",
+                 "slim.onnx", "slim.pt", "slim.pt2"):
+        assert (run_dir / name).is_file(), name
+    info = fxprune.load_run_info(run_dir)
+    assert info["model"] == f"{nets}:tiny" and info["input_size"] == [3, 16, 16]
+    assert info["command"].startswith(f"fxprune prune {nets}:tiny --ratio 0.5") and info["command"].endswith("--json")
+    slim = fxprune.load(run_dir, importlib.import_module(nets).tiny()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # the TorchScript export was made from the same slim weights
+        torch.testing.assert_close(slim(x), torch.jit.load(str(run_dir / "slim.pt"))(x))
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("pt2", ".pt2")])
+def test_export_from_a_run_dir(capsys, run_dir, tmp_path, fmt, suffix):
+    code, out, err = run_cli(capsys, "export", str(run_dir), "--format", fmt, "--out", str(tmp_path / "m"),
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"path": str(tmp_path / f"m{suffix}")} and (tmp_path / f"m{suffix}").is_file()
+
+
+def test_export_run_dir_defaults_and_errors(capsys, run_dir, tmp_path):
+    (run_dir / "slim.onnx").unlink()
+    code, out, _ = run_cli(capsys, "export", str(run_dir))
+    assert code == 0 and out.strip() == f"wrote {run_dir / 'slim.onnx'}" and (run_dir / "slim.onnx").is_file()
+    code, _, err = run_cli(capsys, "export", str(run_dir), "--plan", "plan.json")
+    assert code == 2 and "drop --plan" in err
+    code, _, err = run_cli(capsys, "export", "torchvision:resnet18", "--out", str(tmp_path / "m.onnx"))
+    assert code == 2 and "--plan" in err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("plan.json", "slim.safetensors"):
+        (bare / name).write_bytes((run_dir / name).read_bytes())
+    code, _, err = run_cli(capsys, "export", str(bare))
+    assert code == 2 and "--model SPEC" in err
+    code, _, err = run_cli(capsys, "export", str(tmp_path))
+    assert code == 1 and "plan.json and slim.safetensors are missing" in err
+
+
+def test_bench_on_cpu_writes_latency(capsys, run_dir):
+    code, out, err = run_cli(capsys, "bench", str(run_dir), "--device", "cpu", "--repeats", "3", "--warmup", "1",
+                             "--batch", "2", "--json")
+    assert code == 0, err
+    record = json.loads(out)["latency"]
+    assert record["device"] == "cpu" and record["batch"] == 2 and record["dense_ms"] > 0 and record["slim_ms"] > 0
+    assert record["macs_ratio"] == json.loads((run_dir / "report.json").read_text())["flops_ratio"]
+    assert fxprune.load_run_info(run_dir)["latency"] == record
+    code, out, _ = run_cli(capsys, "bench", str(run_dir), "--device", "cpu", "--repeats", "2")
+    assert code == 0 and "speedup" in out and out.splitlines()[2].startswith("dense")
+
+
+def test_bench_cuda_without_cuda_exits_1(capsys, monkeypatch, run_dir):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(capsys, "bench", str(run_dir), "--device", "cuda")
+    assert code == 1 and "CUDA is not available" in err and "--device cpu" in err and out == ""
+    assert run_cli(capsys, "bench", str(run_dir), "--repeats", "0")[0] == 2
+
+
+def test_report_rerenders(capsys, run_dir, tmp_path):
+    (run_dir / "report.html").unlink()
+    code, out, _ = run_cli(capsys, "report", str(run_dir))
+    assert code == 0 and out.strip() == f"wrote {run_dir / 'report.html'}" and (run_dir / "report.html").is_file()
+    code, out, _ = run_cli(capsys, "report", str(run_dir), "--json")
+    assert code == 0 and json.loads(out) == {"path": str(run_dir / "report.html")}
+    assert run_cli(capsys, "report", str(tmp_path / "nope"))[0] == 2
+    code, _, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 1 and "plan.json and report.json are missing" in err
+
+
+def test_prune_export_option(capsys, tmp_path, fake_api, tiny_model):
+    code, out, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--ratio", "0.5", "--export", "pt2,torchscript",
+                           "--out", str(tmp_path), "--json")
+    assert code == 0 and fake_api["export"] == [tmp_path / "slim.pt2", tmp_path / "slim.pt"]
+    assert set(json.loads(out)["files"]) >= {"pt2", "torchscript", "weights", "run", "html"}
+    assert run_cli(capsys, "prune", "torchvision:resnet18", "--ratio", "0.5", "--export", "none",
+                   "--out", str(tmp_path / "n"))[0] == 0
+    assert len(fake_api["export"]) == 2
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--ratio", "0.5", "--export", "tflite",
+                           "--out", str(tmp_path))
+    assert code == 2 and "tflite" in err
+
+
+@pytest.mark.parametrize("command", [c for c in cli.COMMANDS if c != "demo"])
+def test_every_subcommand_help_has_its_examples(capsys, command):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and "examples:" in out and f"fxprune {command}" in out.split("examples:")[1]

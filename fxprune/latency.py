@@ -1,0 +1,77 @@
+"""Latency of a model on one input: warm-up, then the median of timed runs.
+
+On CUDA the model runs as it would be deployed: bf16 autocast, channels_last memory format, timed with
+CUDA events. On the CPU it runs in float32, timed with `time.perf_counter`. Always under
+`torch.inference_mode`, on a copy of the model (the caller's model is not moved or changed).
+
+>>> import torch
+>>> from torch import nn
+>>> measure_latency(nn.Linear(4, 2), torch.randn(1, 4), "cpu", repeats=3, warmup=1) > 0
+True
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["check_device", "measure_latency"]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device; ValueError when it names CUDA and CUDA is not available.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for, but CUDA is not available here "
+                         f"(torch.cuda.is_available() is False; torch {torch.__version__}). Use --device cpu, "
+                         f"or run on a machine with an NVIDIA GPU and a CUDA build of torch.")
+    return dev
+
+
+def measure_latency(model: nn.Module, example_inputs: Any, device: str | torch.device = "cpu", repeats: int = 20,
+                    warmup: int = 5) -> float:
+    """Median latency in milliseconds of one forward pass of `model` on `example_inputs` (a tensor or a
+    tuple of tensors, batch included), after `warmup` untimed passes."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+    dev = check_device(device)
+    on_cuda = dev.type == "cuda"
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    model = copy.deepcopy(model).eval().to(dev)
+    inputs = tuple(t.to(dev) for t in inputs)
+    if on_cuda:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(*inputs)
+        if on_cuda:
+            torch.cuda.synchronize(dev)
+        timer = _cuda_timer if on_cuda else _cpu_timer
+        return statistics.median(timer(lambda: model(*inputs)) for _ in range(repeats))
+
+
+def _cpu_timer(step: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    step()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _cuda_timer(step: Callable[[], Any]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
