@@ -445,6 +445,7 @@ def test_saved_model_files(capsys, nets, tmp_path):
     assert "unpickled" in run_cli(capsys, "analyse", "--help")[1]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_prune_writes_a_loadable_run_dir(nets, run_dir):
     import importlib
 

@@ -117,7 +117,7 @@ def test_weights_that_do_not_fit_name_keys_and_shapes(tmp_path, saved):
     assert "conv1.weight: file (1, 3, 7, 7) vs model (" in msg
 
 
-def test_history_and_cuda_free_saving(tmp_path, saved):
+def test_history_and_other_exports(tmp_path, saved):
     res, _, _ = saved
     history = [TrainHistory([EpochRecord(0, 0.1, 2.0, 10.0, 1.9, 12.0, 1.0, 100.0)])]
     files = save_run(dataclasses.replace(res, history=history), X, tmp_path, exports=("torchscript", "pt2"))
