@@ -280,14 +280,19 @@ def test_methods_lists_names_and_summaries(capsys):
     assert code == 0 and json.loads(out) == summaries
 
 
-def test_demo_uses_resnet18_half_flops(capsys, tmp_path, fake_api, tiny_model):
-    code, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "demo"))
+def test_demo_trains_prunes_finetunes_and_writes_a_run(capsys, tmp_path):
+    out_dir = tmp_path / "demo"
+    code, out, _ = run_cli(capsys, "demo", "--dense-epochs", "1", "--epochs", "1", "--quiet", "--out", str(out_dir))
     assert code == 0
-    assert tiny_model == ["torchvision:resnet18"]
-    _, shape, kw = fake_api["prune"]
-    assert shape == (1, 3, 224, 224) and kw == {"method": "l1", "round_to": 1, "flops": 0.5}
-    assert (tmp_path / "demo" / "plan.json").exists() and (tmp_path / "demo" / "slim.onnx").exists()
-    assert str(tmp_path / "demo") in out
+    for row in ("accuracy (%)", "FLOPs (M)", "params (K)", "latency (ms)"):
+        assert row in out, row
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["flops_ratio"] <= 0.5 and set(report["accuracy"]) == {"dense", "pruned", "finetuned"}
+    for name in ("plan.json", "slim.safetensors", "slim.onnx", "report.html", "run.json"):
+        assert (out_dir / name).exists(), name
+    assert json.loads((out_dir / "run.json").read_text())["latency"]["slim_ms"] > 0
+    slim = fxprune.load(out_dir, cli.load_model("cifar:resnet20"))
+    assert slim(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_fxprune_debug_reraises(capsys, monkeypatch, tmp_path, fake_api, tiny_model):
