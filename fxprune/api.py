@@ -101,7 +101,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
             history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
     plan = _make_plan(ga, keep, method, method_options, budget, round_to, strict, scope or backend.scope, steps)
     rewrite(gm, ga, keep)
-    propagate_shapes(gm, inputs, example_kwargs or {})
+    propagate_shapes(gm, _to_device_of(gm, inputs), example_kwargs or {})
     acc["pruned"] = accuracy(gm, eval_data)
     if finetune is not None:
         history.append(train_slim(gm, finetune, data, eval_data, teacher))
@@ -159,6 +159,12 @@ def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, optio
     opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return PruningPlan(decisions, ga.signature, method, opts, {"kind": budget.kind, "value": budget.value},
                        round_to, strict, scope, steps, library_version=__version__)
+
+
+def _to_device_of(gm: fx.GraphModule, inputs: tuple) -> tuple:
+    """The example inputs on the device the (possibly fine-tuned) module lives on."""
+    device = next((p.device for p in gm.parameters()), None)
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) and device is not None else t for t in inputs)
 
 
 def _ignored_groups(gm: fx.GraphModule, ga: GraphAnalysis, ignore: Iterable) -> set[int]:
