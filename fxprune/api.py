@@ -19,7 +19,7 @@ from .masks import insert_masks, strip_masks
 from .methods import get_method
 from .methods.registry import ScoreInput
 from .rewrite.rewriter import rewrite
-from .select import Budget, select
+from .select import Budget, repair, select
 from .trace import META_FLOPS, as_input_tuple, propagate_shapes, trace
 from .types import ChannelGroup, GroupDecision, PruneResult, PruningPlan, Report
 
@@ -95,8 +95,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
         backend.prepare(inp)
     for step, target in enumerate(budgets):
         inp.keep, inp.step = keep, step
-        keep = select(ga, backend.score(inp), target, cost, round_to, ignored, scope or backend.scope,
-                      removed_channels(ga, keep))
+        keep = decide(backend, inp, ga, target, cost, round_to, ignored, scope, removed_channels(ga, keep))
         if step < len(budgets) - 1:
             history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
     plan = _make_plan(ga, keep, method, method_options, budget, round_to, strict, scope or backend.scope, steps)
@@ -159,6 +158,14 @@ def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, optio
     opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
     return PruningPlan(decisions, ga.signature, method, opts, {"kind": budget.kind, "value": budget.value},
                        round_to, strict, scope, steps, library_version=__version__)
+
+
+def decide(backend, inp: ScoreInput, ga: GraphAnalysis, budget: Budget, cost: CostModel, round_to: int,
+           ignored: set[int], scope: str | None, removed: dict[int, set[int]]) -> dict[int, list[int]]:
+    """One prune step's decision: the backend's own search, or its scores through `select`."""
+    if backend.search is not None:
+        return repair(ga, backend.search(inp, budget, cost, ignored), {})
+    return select(ga, backend.score(inp), budget, cost, round_to, ignored, scope or backend.scope, removed)
 
 
 def _to_device_of(gm: fx.GraphModule, inputs: tuple) -> tuple:

@@ -253,3 +253,25 @@ def test_from_scratch_finetune_reinitialises_the_slim_model():
     res = fxprune.prune(m, X, method="uniform", flops=0.6, data=_data(n=1), device="cpu",
                         finetune=Finetune(epochs=1, lr=1e-6, progress=False, from_scratch=True))
     assert res.model.conv1.weight.std() > 0.01
+
+
+def test_a_search_backend_decides_the_kept_channels_itself():
+    from fxprune.methods.registry import _METHODS, register_method
+
+    calls = []
+
+    def first_half(inp, budget, cost, ignored):
+        calls.append(budget.value)
+        return {g.id: list(range(max(1, g.size // 2))) for g in inp.ga.groups if g.prunable and not g.frozen}
+
+    register_method("first-half", "keeps the first half of every group (test)", search=first_half)(
+        lambda inp: {})
+    try:
+        m = _model()
+        res = fxprune.prune(m, X, method="first-half", flops=0.5)
+        assert calls == [0.5]
+        widths = {origin: kept for _, _, kept, origin in res.report.widths}
+        assert widths["conv1 output"] == 3 and widths["conv2 output"] == 4
+        assert_slim_equals_masked(m, X, res)
+    finally:
+        _METHODS.pop("first-half")

@@ -3,7 +3,8 @@
 A backend turns an analysed graph into per-channel scores (higher = keep). Backends that need data say so
 (`needs_data`); a backend may also `prepare` the model before scoring (network slimming's sparsity
 training) and choose the default selection scope ("global": one threshold over all groups; "local": every
-group keeps the same fraction). Learned methods of later issues register here too.
+group keeps the same fraction). A `search` backend (learned methods that decide widths or channels
+themselves) returns the kept channels directly instead of going through `select`.
 """
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class ScoreInput:
 
 Scorer = Callable[[ScoreInput], dict[int, np.ndarray]]
 Preparer = Callable[[ScoreInput], None]
+# A searching backend decides the kept channels itself: (input, budget, cost model, ignored group ids) ->
+# {group id: kept channel indices}; fxprune still repairs the decision and checks the budget.
+Searcher = Callable[[ScoreInput, Any, Any, set], dict[int, list[int]]]
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,14 @@ class MethodBackend:
     needs_data: bool = False
     scope: str = "global"
     prepare: Preparer | None = None
+    search: Searcher | None = None
 
 
 _METHODS: dict[str, MethodBackend] = {}
 
 
 def register_method(name: str, summary: str, *, needs_data: bool = False, scope: str = "global",
-                    prepare: Preparer | None = None) -> Callable[[Scorer], Scorer]:
+                    prepare: Preparer | None = None, search: Searcher | None = None) -> Callable[[Scorer], Scorer]:
     """Register a scoring function under `name` (see docs/extending.md for a worked example).
 
     >>> import numpy as np
@@ -71,7 +76,7 @@ def register_method(name: str, summary: str, *, needs_data: bool = False, scope:
         raise ValueError(f"register_method({name!r}): scope must be one of {SCOPES}, got {scope!r}.")
 
     def deco(fn: Scorer) -> Scorer:
-        _METHODS[name] = MethodBackend(name, fn, summary, needs_data, scope, prepare)
+        _METHODS[name] = MethodBackend(name, fn, summary, needs_data, scope, prepare, search)
         return fn
     return deco
 
