@@ -98,7 +98,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
         keep = decide(backend, inp, ga, target, cost, round_to, ignored, scope, removed_channels(ga, keep))
         if step < len(budgets) - 1:
             history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
-    plan = _make_plan(ga, keep, method, method_options, budget, round_to, strict, scope or backend.scope, steps)
+    plan = _make_plan(ga, keep, method, inp.options, budget, round_to, strict, scope or backend.scope, steps)
     rewrite(gm, ga, keep)
     propagate_shapes(gm, _to_device_of(gm, inputs), example_kwargs or {})
     acc["pruned"] = accuracy(gm, eval_data)

@@ -1,0 +1,134 @@
+"""Method `dcp` (discrimination-aware channel pruning): head points from the graph, greedy selection on a
+toy with useless channels, end to end on ResNet-20 (vendored CIFAR-10 subset) and MobileNetV3-small."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.api import _make_plan, _prepare
+from fxprune.cost import CostModel
+from fxprune.methods import get_method
+from fxprune.methods.dcp_heads import head_points, main_path
+from fxprune.methods.registry import ScoreInput
+from fxprune.rewrite.context import RewriteContext
+from fxprune.select import Budget, repair
+from fxprune.trace import META_FLOPS
+from fxprune.train import TrainConfig
+from fxprune.zoo.cifar import resnet20
+
+from helpers import assert_slim_equals_masked
+
+TINY = dict(dcp_train=TrainConfig(max_steps=2, lr=0.01, schedule="constant", amp=None, progress=False),
+            dcp_batches=1, progress=False)
+
+
+def _data(n=2, bs=8, shape=(3, 32, 32), classes=10, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, *shape, generator=gen), torch.randint(0, classes, (bs,), generator=gen))
+            for _ in range(n)]
+
+
+def _search(model, x, data, budget: Budget, **options):
+    """Run the dcp search on a traced copy; returns (trained traced model, plan, flops ratio, options)."""
+    gm, ga = _prepare(model, (x,), True, (), None)
+    cost = CostModel.build(gm, ga)
+    inp = ScoreInput(gm, ga, (x,), dict(options), data)
+    keep = repair(ga, get_method("dcp").search(inp, budget, cost, set()), {})
+    plan = _make_plan(ga, keep, "dcp", inp.options, budget, 1, True, "local", 1)
+    return gm, ga, keep, plan, cost.flops(RewriteContext(ga, keep)) / cost.flops(None), inp.options
+
+
+def test_head_points_are_block_outputs_in_different_stages_evenly_spaced_by_flops():
+    x = torch.randn(1, 3, 32, 32)
+    gm, _ = _prepare(resnet20().eval(), (x,), True, (), None)
+    path = {n.name for n in main_path(gm)}
+    assert not any("conv1" in n and n.startswith("layer") for n in path)  # inside a block: not on the path
+    points = head_points(gm, 3)
+    assert points == ["layer1_2_relu_1", "layer2_2_relu_1"]  # the last block output of stages 1 and 2
+    cum, total, at = {}, sum(n.meta[META_FLOPS] for n in gm.graph.nodes), 0
+    for n in gm.graph.nodes:
+        at += n.meta[META_FLOPS]
+        cum[n.name] = at / total
+    assert all(abs(cum[p] - k / 3) < 0.05 for k, p in enumerate(points, 1))
+    assert len(head_points(gm, 4)) == 3 and head_points(gm, 1) == []
+
+
+class Toy(nn.Module):
+    """conv(3->8) -> ReLU -> conv(8->8) -> ReLU -> GAP -> linear; conv2 ignores the odd channels of conv1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.conv2.weight[:, 1::2] = 0.0
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv2(F.relu(self.conv1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_greedy_selection_never_picks_channels_without_consumer_weights(heads):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    data = _data(n=2, shape=(3, 16, 16), classes=4)
+    _, ga, keep, _, _, opts = _search(Toy().eval(), x, data, Budget("ratio", 0.5), dcp_heads=heads,
+                                      dcp_head_epochs=0, dcp_batches=2, dcp_steps=2, progress=False)
+    g1 = next(g for g in ga.groups if any(m.name == "conv1.weight" and m.role == "producer" for m in g.members))
+    assert keep[g1.id] == [0, 2, 4, 6]
+    assert len(opts["dcp_points"]) == heads - 1 and opts["dcp_search_s"] > 0
+
+
+def test_resnet20_on_the_cifar_subset_meets_the_budget_and_slim_equals_masked():
+    from fxprune.data import cifar10_loaders
+
+    train, _ = cifar10_loaders(batch_size=16, train_limit=64, test_limit=10)
+    x = torch.randn(2, 3, 32, 32)
+    gm, _, keep, plan, ratio, opts = _search(resnet20().eval(), x, train, Budget("flops", 0.5),
+                                             dcp_chunk=16, **TINY)
+    assert ratio <= 0.5 + 1e-6 and keep
+    assert opts["dcp_points"] == ["layer1_2_relu_1", "layer2_2_relu_1"]
+    assert_slim_equals_masked(gm.eval(), x, plan)  # gm holds the head-trained, DCP-optimised weights
+
+
+def test_prune_with_dcp_returns_a_slim_model_without_heads_and_is_deterministic():
+    torch.manual_seed(0)
+    m = resnet20().eval()
+    x, data = torch.randn(1, 3, 32, 32), _data(n=2)
+    before = copy.deepcopy(m.state_dict())
+    res = [fxprune.prune(m, x, method="dcp", flops=0.6, data=data, device="cpu", dcp_chunk=16, seed=3, **TINY)
+           for _ in range(2)]
+    assert res[0].report.flops_ratio <= 0.6
+    assert [d.keep for d in res[0].plan.groups] == [d.keep for d in res[1].plan.groups]
+    assert all(torch.equal(a, b) for a, b in zip(res[0].model.state_dict().values(),
+                                                  res[1].model.state_dict().values()))
+    names = {n for n, _ in res[0].model.named_modules()} | {n for n, _ in res[0].model.named_parameters()}
+    assert not any("head" in n or "fxprune_mask" in n for n in names)
+    assert res[0].plan.method_options["dcp_points"] and res[0].plan.method_options["dcp_search_s"] > 0
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the caller's model untouched
+    assert res[0].model(x).shape == (1, 10)
+
+
+def test_mobilenet_v3_small_random_data_meets_the_budget_and_slim_equals_masked():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    m = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    gm, _, keep, plan, ratio, opts = _search(m, x, _data(n=1), Budget("flops", 0.6), dcp_chunk=256, **TINY)
+    assert ratio <= 0.6 + 1e-6 and keep and len(opts["dcp_points"]) == 2
+    assert_slim_equals_masked(gm.eval(), x, plan, tol=1e-4)
+
+
+def test_dcp_adapt_keeps_at_most_the_fixed_rate_and_needs_data():
+    torch.manual_seed(0)
+    x, data = torch.randn(1, 3, 16, 16), _data(n=2, shape=(3, 16, 16), classes=4)
+    fixed = _search(Toy().eval(), x, data, Budget("ratio", 0.25), dcp_head_epochs=0, progress=False)[2]
+    adapt = _search(Toy().eval(), x, data, Budget("ratio", 0.25), dcp_head_epochs=0, progress=False,
+                    dcp_adaptive=True, dcp_epsilon=0.5)[2]
+    assert all(len(adapt[g]) <= len(k) for g, k in fixed.items()) and adapt != fixed
+    with pytest.raises(ValueError, match="needs training data"):
+        fxprune.prune(Toy().eval(), x, method="dcp", flops=0.5)
