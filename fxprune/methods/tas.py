@@ -1,0 +1,102 @@
+"""TAS: Network Pruning via Transformable Architecture Search (Dong & Yang, NeurIPS 2019), width search.
+
+Every prunable channel group (not "blocks" groups: conv groups / heads keep their count) gets a learnable
+categorical distribution over candidate widths (`tas_fractions` of its size, default 0.3 ... 1.0). Channels
+are ranked by L1 importance and width w keeps the w best (channel-wise interpolation in mask form). The
+search trains a gated copy of the model (fxprune.methods.gates): each forward samples two widths per group
+with Gumbel-softmax and gates the channels with their probability-weighted masks; weights and width logits
+update alternately (tas_train). The result is each group's most probable width; when that architecture
+misses the FLOPs (or params) budget, every group's searched width is scaled by one common factor (found by
+bisection with the cost model) until it fits. See docs/methods/tas.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..rewrite.context import RewriteContext
+from ..select import _channel_groups, repair
+from .gates import install_gates
+from .magnitude import magnitude_scores
+from .registry import ScoreInput, register_method
+from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
+from .tas_train import SearchConfig, search
+from .taylor import require_data
+
+RESULT_KEY = "tas_searched_fractions"  # [[group id, searched fraction], ...] recorded in plan.method_options
+
+
+def search_config(options: dict) -> SearchConfig:
+    o = options
+    tau = o.get("tas_tau", (5.0, 0.1))
+    return SearchConfig(
+        epochs=int(o.get("tas_epochs", 1)), batches=o.get("tas_batches"), lr=float(o.get("tas_lr", 0.1)),
+        momentum=float(o.get("tas_momentum", 0.9)), weight_decay=float(o.get("tas_weight_decay", 5e-4)),
+        arch_lr=float(o.get("tas_arch_lr", 1e-3)), arch_weight_decay=float(o.get("tas_arch_weight_decay", 1e-3)),
+        flops_weight=float(o.get("tas_flops_weight", 2.0)), tolerance=float(o.get("tas_tolerance", 0.05)),
+        tau_max=float(tau[0]), tau_min=float(tau[1]), tau_schedule=str(o.get("tas_tau_schedule", "cosine")),
+        samples=int(o.get("tas_samples", 2)), progress=bool(o.get("tas_progress", True)))
+
+
+def cost_terms(cost, kind: str) -> tuple[list, float]:
+    """The cost model's terms and constant part for a "flops" or "params" budget."""
+    if kind == "flops":
+        return cost.flop_terms, 0.0
+    return cost.param_terms, float(cost.fixed_params)
+
+
+def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[int]]:
+    data = require_data(inp, "tas", "the width distributions and the weights are trained on batches")
+    if budget.kind == "ratio":
+        raise ValueError("method 'tas' searches widths against a FLOPs or params budget: pass flops= or params= "
+                         "(a fraction of the dense model's cost), not ratio=.")
+    if inp.step > 0:
+        raise ValueError("method 'tas' searches once: use steps=1.")
+    cfg = search_config(inp.options)
+    ga = inp.ga
+    gids = _channel_groups(ga, ignored)
+    fractions = tuple(float(f) for f in inp.options.get("tas_fractions", DEFAULT_FRACTIONS))
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"tas_fractions={fractions}: candidate widths are fractions in (0, 1].")
+    space = WidthSpace.build(ga, gids, magnitude_scores(inp, 1), fractions)
+    measure = cost.flops if budget.kind == "flops" else cost.params
+    target = budget.value * measure(None)
+    seed = int(inp.options.get("seed", 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gated, gates = install_gates(inp.gm, ga)
+        device = next((p.device for p in gated.parameters()), torch.device("cpu"))
+        terms, fixed = cost_terms(cost, budget.kind)
+        expected = ExpectedCost(ga, terms).to(device)
+        generator = torch.Generator().manual_seed(seed)
+        alpha = torch.nn.Parameter((1e-3 * torch.randn(len(gids), len(fractions), generator=generator)).to(device))
+        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator)
+    if inp.options.get("tas_inherit", False):
+        inp.gm.load_state_dict(gated.state_dict(), strict=False)
+    choice = {gid: int(k) for gid, k in zip(gids, alpha.detach().argmax(1).tolist())}
+    inp.options[RESULT_KEY] = [[gid, fractions[k]] for gid, k in choice.items()]
+    inp.options["tas_log"] = [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]
+    return fit_budget(space, choice, lambda keep: measure(RewriteContext(ga, repair(ga, keep, {}))), target)
+
+
+def fit_budget(space: WidthSpace, choice: dict[int, int], measure, target: float) -> dict[int, list[int]]:
+    """The searched architecture, or, when it costs more than `target`, every group's searched width times
+    the largest common factor s in [0, 1] whose model fits (bisection; s = 0 leaves each group its minimum)."""
+    counts = {gid: space.counts[gid][k] for gid, k in choice.items()}
+
+    def keep_at(s: float) -> dict[int, list[int]]:
+        return {gid: space.keep_count(gid, int(np.floor(s * n + 1e-9))) for gid, n in counts.items()}
+
+    limit = target * (1 + 1e-9) + 1e-6
+    if measure(keep_at(1.0)) <= limit:
+        return keep_at(1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if measure(keep_at(mid)) <= limit else (lo, mid)
+    return keep_at(lo)
+
+
+register_method("tas", "Transformable Architecture Search (Dong & Yang, NeurIPS 2019): learned per-group "
+                       "width distributions, Gumbel-sampled, with an expected-FLOPs loss; needs data",
+                needs_data=True, search=tas_search)(lambda inp: magnitude_scores(inp, 1))
