@@ -69,7 +69,7 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
         terms, fixed = cost_terms(cost, budget.kind)
         expected = ExpectedCost(ga, terms).to(device)
         generator = torch.Generator().manual_seed(seed)
-        alpha = torch.nn.Parameter((1e-3 * torch.randn(len(gids), len(fractions), generator=generator)).to(device))
+        alpha = torch.nn.Parameter((0.01 * torch.randn(len(gids), len(fractions), generator=generator)).to(device))
         log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator)
     if inp.options.get("tas_inherit", False):
         inp.gm.load_state_dict(gated.state_dict(), strict=False)
