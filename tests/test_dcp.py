@@ -71,13 +71,13 @@ class Toy(nn.Module):
         return self.fc(F.relu(self.conv2(F.relu(self.conv1(x)))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("heads", [1, 2])
-def test_greedy_selection_never_picks_channels_without_consumer_weights(heads):
+@pytest.mark.parametrize("heads,reconstruct", [(1, "layer"), (2, "layer"), (2, "point")])
+def test_greedy_selection_never_picks_channels_without_consumer_weights(heads, reconstruct):
     torch.manual_seed(0)
     x = torch.randn(1, 3, 16, 16)
     data = _data(n=2, shape=(3, 16, 16), classes=4)
     _, ga, keep, _, _, opts = _search(Toy().eval(), x, data, Budget("ratio", 0.5), dcp_heads=heads,
-                                      dcp_head_epochs=0, dcp_batches=2, dcp_steps=2, progress=False)
+                                      dcp_reconstruct=reconstruct, dcp_head_epochs=0, dcp_batches=2, dcp_steps=2, progress=False)
     g1 = next(g for g in ga.groups if any(m.name == "conv1.weight" and m.role == "producer" for m in g.members))
     assert keep[g1.id] == [0, 2, 4, 6]
     assert len(opts["dcp_points"]) == heads - 1 and opts["dcp_search_s"] > 0
@@ -132,3 +132,40 @@ def test_dcp_adapt_keeps_at_most_the_fixed_rate_and_needs_data():
     assert all(len(adapt[g]) <= len(k) for g, k in fixed.items()) and adapt != fixed
     with pytest.raises(ValueError, match="needs training data"):
         fxprune.prune(Toy().eval(), x, method="dcp", flops=0.5)
+
+
+def test_iterative_dcp_never_brings_back_channels_an_earlier_round_removed(monkeypatch):
+    import fxprune.api as api
+    from fxprune.train import Finetune
+
+    seen, real = [], api.decide
+
+    def spy(*args, **kwargs):
+        keep = real(*args, **kwargs)
+        seen.append(copy.deepcopy(keep))
+        return keep
+
+    monkeypatch.setattr(api, "decide", spy)
+    torch.manual_seed(0)
+    x, data = torch.randn(1, 3, 16, 16), _data(n=2, shape=(3, 16, 16), classes=4)
+    res = fxprune.prune(Toy().eval(), x, method="dcp", flops=0.4, steps=2, data=data, device="cpu",
+                        finetune=Finetune(epochs=1, max_steps=1, amp=None, progress=False), dcp_head_epochs=0,
+                        progress=False)
+    assert len(seen) == 2 and res.report.flops_ratio <= 0.4
+    assert all(set(seen[1][g]) <= set(k) for g, k in seen[0].items())
+
+
+def test_layer_reconstruction_targets_are_the_groups_consumer_ops():
+    from fxprune.masks import insert_masks
+    from fxprune.methods.dcp_select import mask_groups
+
+    gm, ga = _prepare(resnet20().eval(), (torch.randn(1, 3, 32, 32),), True, (), None)
+    arrays = {}
+    insert_masks(gm, ga, {}, soft=True, arrays=arrays)
+    inner = next(g for g in ga.groups if any(m.name == "layer1.0.conv1.weight" and m.role == "producer"
+                                             for m in g.members))
+    info = mask_groups(gm, ga, arrays, {g.id: 1 for g in ga.groups})
+    assert info.consumers[inner.id] == ["layer1_0_conv2"]
+    with pytest.raises(ValueError, match="dcp_reconstruct"):
+        _search(Toy().eval(), torch.randn(1, 3, 16, 16), _data(n=1, shape=(3, 16, 16)), Budget("ratio", 0.5),
+                dcp_reconstruct="everywhere", progress=False)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..finetune import removed_channels
 from ..masks import insert_masks
 from ..select import select
 from .dcp_heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_classes, train_with_heads
@@ -34,11 +35,11 @@ def options_of(inp: ScoreInput) -> dict:
     return {k: type(v)(inp.options.get(k, v)) if v is not None else inp.options.get(k) for k, v in DEFAULTS.items()}
 
 
-def target_counts(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, int]:
+def target_counts(inp: ScoreInput, budget, cost, ignored: set[int], removed: dict[int, set[int]]) -> dict[int, int]:
     """How many channels every channel group keeps: one common fraction that meets the budget."""
     ga = inp.ga
     zeros = {g.id: np.zeros(g.size) for g in ga.groups}
-    keep = select(ga, zeros, budget, cost, 1, ignored, "local", {})
+    keep = select(ga, zeros, budget, cost, 1, ignored, "local", removed)
     return {gid: len(k) for gid, k in keep.items() if len(k) < ga.groups[gid].size}
 
 
@@ -60,7 +61,8 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
                          f"consumer outputs, the paper) or 'point' (MSE at the auxiliary point's features).")
     torch.manual_seed(o["seed"])
     gm, ga = inp.gm, inp.ga
-    counts = target_counts(inp, budget, cost, ignored)
+    removed = removed_channels(ga, inp.keep)  # iterative pruning: what earlier rounds removed stays removed
+    counts = target_counts(inp, budget, cost, ignored, removed)
     points = head_points(gm, o["dcp_heads"])
     heads = make_heads(gm, points, num_classes(gm, inp.example_inputs), o["dcp_head_norm"])
     if o["dcp_head_epochs"] > 0:
@@ -80,13 +82,15 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
         p.requires_grad_(False)
     gm.eval()
     state = np.ones(int(ga.offsets[-1]))  # 1 = channel kept, 0 = removed, over all groups' channels
+    for gid, gone in removed.items():
+        state[[int(ga.offsets[gid]) + c for c in gone]] = 0.0
     segments = Segment.build(pruned, gm, points, heads, calib, mask_groups(pruned, ga, arrays, counts))
     keep: dict[int, list[int]] = {}
     total = sum(len(s.groups) for s in segments)
     bar = tqdm(total=total, desc="dcp: channel selection", disable=not o["progress"], leave=False)
     for seg in segments:
         for gid in seg.groups:
-            keep[gid] = greedy_group(pruned, ga, state, seg, gid, counts[gid], o)
+            keep[gid] = greedy_group(pruned, ga, state, seg, gid, counts[gid], o, removed.get(gid, set()))
             bar.update(1)
     bar.close()
     optimised = dict(pruned.named_parameters())  # the slim model starts from DCP's optimised weights

@@ -179,10 +179,11 @@ def _optimise(seg: GroupLoss, params: list[nn.Parameter], opt: torch.optim.Optim
 
 
 def greedy_group(pruned: fx.GraphModule, ga: GraphAnalysis, state: np.ndarray, segment: Segment, gid: int,
-                 target: int, o: dict) -> list[int]:
+                 target: int, o: dict, banned: set[int] = frozenset()) -> list[int]:
     """Select `target` channels of group `gid`: start from its frozen channels, repeatedly add the channel(s)
     with the largest |accumulated gradient|, then take `dcp_steps` SGD steps on the group's consumer
-    weights. With `dcp_adaptive`, stop early when the relative loss improvement falls below `dcp_epsilon`."""
+    weights. With `dcp_adaptive`, stop early when the relative loss improvement falls below `dcp_epsilon`.
+    `banned` channels (removed by an earlier round of iterative pruning) are never selected."""
     g, off = ga.groups[gid], int(ga.offsets[gid])
     names = segment.info.group_masks.get(gid, [])
     chosen = sorted(set(g.frozen))
@@ -193,15 +194,17 @@ def greedy_group(pruned: fx.GraphModule, ga: GraphAnalysis, state: np.ndarray, s
     params = _consumer_params(pruned, ga, gid)
     opt = torch.optim.SGD(params, lr=o["dcp_lr"], momentum=0.9) if params else None
     lam, prev, it = float(o["dcp_lambda"]), None, 0
-    while len(chosen) < max(target, 1):
+    target = min(max(target, 1), g.size - len(set(banned) - set(chosen)))
+    while len(chosen) < target:
         grad, loss = _gradients(seg, names, off, g.size, lam)
         if o["dcp_adaptive"] and prev is not None and chosen and (prev - loss) / max(abs(prev), 1e-12) < o["dcp_epsilon"]:
             break
         prev = loss
         score = np.abs(grad)
         score[chosen] = -np.inf
+        score[sorted(banned)] = -np.inf
         order = np.lexsort((np.arange(g.size), -score))  # ties: the lower index first
-        add = order[:min(o["dcp_chunk"], max(target, 1) - len(chosen))].tolist()
+        add = order[:min(o["dcp_chunk"], target - len(chosen))].tolist()
         chosen = sorted(chosen + add)
         state[[off + c for c in add]] = 1.0
         _write(seg.info, names, state)
