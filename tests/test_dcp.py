@@ -63,7 +63,8 @@ class Toy(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
         with torch.no_grad():
             self.conv2.weight[:, 1::2] = 0.0
 
@@ -77,7 +78,8 @@ def test_greedy_selection_never_picks_channels_without_consumer_weights(heads, r
     x = torch.randn(1, 3, 16, 16)
     data = _data(n=2, shape=(3, 16, 16), classes=4)
     _, ga, keep, _, _, opts = _search(Toy().eval(), x, data, Budget("ratio", 0.5), dcp_heads=heads,
-                                      dcp_reconstruct=reconstruct, dcp_head_epochs=0, dcp_batches=2, dcp_steps=2, progress=False)
+                                      dcp_reconstruct=reconstruct, dcp_head_epochs=0, dcp_batches=2, dcp_steps=2,
+                                      progress=False)
     g1 = next(g for g in ga.groups if any(m.name == "conv1.weight" and m.role == "producer" for m in g.members))
     assert keep[g1.id] == [0, 2, 4, 6]
     assert len(opts["dcp_points"]) == heads - 1 and opts["dcp_search_s"] > 0

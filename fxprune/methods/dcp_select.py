@@ -197,7 +197,8 @@ def greedy_group(pruned: fx.GraphModule, ga: GraphAnalysis, state: np.ndarray, s
     target = min(max(target, 1), g.size - len(set(banned) - set(chosen)))
     while len(chosen) < target:
         grad, loss = _gradients(seg, names, off, g.size, lam)
-        if o["dcp_adaptive"] and prev is not None and chosen and (prev - loss) / max(abs(prev), 1e-12) < o["dcp_epsilon"]:
+        gain = None if prev is None else (prev - loss) / max(abs(prev), 1e-12)  # the last addition's
+        if o["dcp_adaptive"] and gain is not None and gain < o["dcp_epsilon"]:
             break
         prev = loss
         score = np.abs(grad)
