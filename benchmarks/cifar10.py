@@ -5,7 +5,7 @@ Protocol (docs/benchmarks.md; shared copy /work/shared/docs/benchmarks.md): trai
 autocast, channels_last, seed 0, 4-pixel reflect-pad crop + flip done on the GPU); prune it to <= 50% of
 the dense FLOPs with each method; fine-tune 60 epochs with the same recipe at max lr 0.05. Runs:
 
-  fxprune methods  l1, l2, fpgm, taylor, slimming, random (append "+kd" to distil from the dense model)
+  fxprune methods  l1, l2, fpgm, taylor, slimming, random, tas (append "+kd" to distil from the dense model)
   tp-l1            Torch-Pruning GroupMagnitudeImportance(p=1), MetaPruner, local, channel ratio bisected
                    to the budget, classifier ignored; fine-tuned with the same harness and recipe
   uniform-scratch  fxprune "uniform" (every group keeps the same fraction, bisected to the budget),
@@ -120,6 +120,8 @@ def run_fxprune(bench: Bench, dense: nn.Module, method: str, kd: bool) -> Record
     if method == "slimming":
         options = {"sparsity_epochs": p.sparsity_epochs, "sparsity": 1e-4,
                    "sparsity_train": bench.recipe(p.sparsity_epochs, p.finetune_lr)}
+    elif method == "tas":
+        options = {"tas_progress": not bench.quiet}
     t0 = time.perf_counter()
     res = fxprune.prune(copy.deepcopy(dense).cpu().eval(), bench.x, method=method, flops=p.flops, data=bench.train,
                         eval_data=bench.test, finetune=bench.recipe(p.finetune_epochs, p.finetune_lr, kd=kd),
