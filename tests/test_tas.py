@@ -15,7 +15,7 @@ import fxprune
 from fxprune.api import _prepare
 from fxprune.cost import CostModel
 from fxprune.masks import insert_masks
-from fxprune.methods.gates import flat_gates, install_gates
+from fxprune.methods.gates import install_gates
 from fxprune.methods.magnitude import magnitude_scores
 from fxprune.methods.registry import ScoreInput
 from fxprune.methods.tas import fit_budget
@@ -194,3 +194,36 @@ def test_tas_params_budget_and_option_errors():
         fxprune.prune(_resnet(), x, method="tas", flops=0.5)
     with pytest.raises(ValueError, match="tas_fractions"):
         _tas(_resnet(), x, data, flops=0.5, tas_fractions=[0.0, 1.0])
+
+
+def test_tas_keeps_ignored_groups_and_frozen_channels():
+    x = torch.randn(1, 3, 32, 32)
+    gm, ga = _prepare(_resnet(), (x,), True, (), None)
+    first = _channel_groups(ga, set())[0]
+    res = _tas(_resnet(), x, _random_data((1, 3, 32, 32), n=2), flops=0.5, ignore=[first])
+    assert res.plan.groups[first].keep == list(range(ga.groups[first].size))
+    assert first not in {gid for gid, _ in res.plan.method_options["tas_searched_fractions"]}
+    assert res.report.flops_ratio <= 0.5
+
+
+def test_width_candidates_keep_frozen_channels_first_then_the_best_scores():
+    from types import SimpleNamespace
+
+    from fxprune.types import ChannelGroup
+
+    ga = SimpleNamespace(groups=[ChannelGroup(0, 6, [], frozen={4: "reaches the output"})])
+    space = WidthSpace.build(ga, [0], {0: np.array([0.1, 0.9, 0.5, 0.3, 0.0, 0.7])}, (0.3, 0.5, 1.0))
+    assert space.counts[0] == [2, 3, 6]
+    assert space.keep_of({0: 0}) == {0: [1, 4]} and space.keep_of({0: 1}) == {0: [1, 4, 5]}
+    assert space.widths[0].tolist()[0] == [0, 1, 0, 0, 1, 0]
+    assert space.keep_count(0, 0) == [4]  # at least the frozen channel
+
+
+def test_tas_inherit_starts_the_slim_model_from_the_search_trained_weights():
+    x = torch.randn(1, 3, 32, 32)
+    data = _random_data((1, 3, 32, 32), n=2)
+    plain, inherit = _tas(_resnet(), x, data, flops=0.5), _tas(_resnet(), x, data, flops=0.5, tas_inherit=True)
+    assert [d.keep for d in plain.plan.groups] == [d.keep for d in inherit.plan.groups]
+    w0, w1 = plain.model.state_dict(), inherit.model.state_dict()
+    assert w0.keys() == w1.keys() and not all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert_slim_equals_masked(_resnet(), x, plain)
