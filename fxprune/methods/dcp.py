@@ -85,7 +85,8 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     state = np.ones(int(ga.offsets[-1]))  # 1 = channel kept, 0 = removed, over all groups' channels
     for gid, gone in removed.items():
         state[[int(ga.offsets[gid]) + c for c in gone]] = 0.0
-    segments = Segment.build(pruned, gm, points, heads, calib, mask_groups(pruned, ga, arrays, counts))
+    trained = heads if o["dcp_head_epochs"] > 0 else None  # untrained heads would add noise, not discrimination
+    segments = Segment.build(pruned, gm, points, trained, calib, mask_groups(pruned, ga, arrays, counts))
     keep: dict[int, list[int]] = {}
     total = sum(len(s.groups) for s in segments)
     bar = tqdm(total=total, desc="dcp: channel selection", disable=not o["progress"], leave=False)

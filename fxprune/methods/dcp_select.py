@@ -78,7 +78,7 @@ class Segment:
     calib: list
 
     @staticmethod
-    def build(pruned: fx.GraphModule, dense: fx.GraphModule, points: list[str], heads: nn.ModuleList,
+    def build(pruned: fx.GraphModule, dense: fx.GraphModule, points: list[str], heads: nn.ModuleList | None,
               calib: list, info: MaskInfo) -> list[Segment]:
         index = {n.name: i for i, n in enumerate(pruned.graph.nodes)}
         ends = [index[p] for p in points] + [len(index)]
@@ -86,7 +86,8 @@ class Segment:
         for s, end in enumerate(ends):
             final = s == len(points)
             gids = sorted((g for g, i in info.last_use.items() if start < i <= end), key=lambda g: info.last_use[g])
-            out.append(Segment(pruned, dense, None if final else points[s], None if final else heads[s], gids,
+            head = None if final or heads is None else heads[s]
+            out.append(Segment(pruned, dense, None if final else points[s], head, gids,
                                info, calib))
             start = end
         return out
@@ -115,9 +116,11 @@ class GroupLoss:
         x, y = self.calib[b]
         f, feats = _split(self.net(x), self.end)
         f_ref, feats_ref = self.targets[b]
-        logits = logits_of(f) if self.head is None else self.head(f)
         pairs = list(zip(feats, feats_ref)) or [(f, f_ref)]
         mse = sum(F.mse_loss(a.float(), r.float()) for a, r in pairs) / len(pairs)
+        if self.end is not None and self.head is None:  # untrained heads (dcp_head_epochs=0): no CE there
+            return lam * mse
+        logits = logits_of(f) if self.head is None else self.head(f)
         return F.cross_entropy(logits.float(), y) + lam * mse
 
 
