@@ -85,13 +85,14 @@ def test_greedy_selection_never_picks_channels_without_consumer_weights(heads, r
     assert len(opts["dcp_points"]) == heads - 1 and opts["dcp_search_s"] > 0
 
 
-def test_resnet20_on_the_cifar_subset_meets_the_budget_and_slim_equals_masked():
+@pytest.mark.parametrize("score", ["mask", "weight"])
+def test_resnet20_on_the_cifar_subset_meets_the_budget_and_slim_equals_masked(score):
     from fxprune.data import cifar10_loaders
 
     train, _ = cifar10_loaders(batch_size=16, train_limit=64, test_limit=10)
     x = torch.randn(2, 3, 32, 32)
     gm, _, keep, plan, ratio, opts = _search(resnet20().eval(), x, train, Budget("flops", 0.5),
-                                             dcp_chunk=16, **TINY)
+                                             dcp_chunk=16, dcp_score=score, **TINY)
     assert ratio <= 0.5 + 1e-6 and keep
     assert opts["dcp_points"] == ["layer1_2_relu_1", "layer2_2_relu_1"]
     assert_slim_equals_masked(gm.eval(), x, plan)  # gm holds the head-trained, DCP-optimised weights
@@ -171,3 +172,24 @@ def test_layer_reconstruction_targets_are_the_groups_consumer_ops():
     with pytest.raises(ValueError, match="dcp_reconstruct"):
         _search(Toy().eval(), torch.randn(1, 3, 16, 16), _data(n=1, shape=(3, 16, 16)), Budget("ratio", 0.5),
                 dcp_reconstruct="everywhere", progress=False)
+
+
+def test_weight_score_is_the_frobenius_norm_of_the_weight_gradient_with_unselected_weights_zeroed():
+    torch.manual_seed(0)
+    x, data = torch.randn(1, 3, 16, 16), _data(n=2, shape=(3, 16, 16), classes=4)
+    model = Toy().eval()
+    _, ga, keep, _, _, _ = _search(copy.deepcopy(model), x, data, Budget("ratio", 0.875), dcp_heads=1, dcp_head_epochs=0,
+                                   dcp_batches=2, dcp_score="weight", progress=False)
+    # by hand: every channel of conv1 is off, so conv2 sees its whole input with all of its weights zeroed
+    w = torch.zeros_like(model.conv2.weight, requires_grad=True)
+    grad = torch.zeros_like(w)
+    for xb, yb in data:
+        h = F.relu(model.conv1(xb))
+        out = F.conv2d(h, w, model.conv2.bias, padding=1)
+        logits = model.fc(F.relu(out).mean((2, 3)))
+        loss = F.cross_entropy(logits, yb) + F.mse_loss(out, model.conv2(h).detach())
+        grad += torch.autograd.grad(loss, w)[0]
+    g1 = next(g for g in ga.groups if any(m.name == "conv1.weight" and m.role == "producer" for m in g.members))
+    assert keep[g1.id] == [int(grad.pow(2).sum((0, 2, 3)).argmax())]
+    with pytest.raises(ValueError, match="dcp_score"):
+        _search(Toy().eval(), x, data, Budget("ratio", 0.5), dcp_score="norm", progress=False)

@@ -29,7 +29,7 @@ from .taylor import batches, require_data
 
 DEFAULTS = {"dcp_heads": DEFAULT_HEADS, "dcp_head_epochs": 1, "dcp_lambda": 1.0, "dcp_batches": 4,
             "dcp_steps": 1, "dcp_lr": 0.01, "dcp_chunk": 1, "dcp_adaptive": False, "dcp_epsilon": 1e-3,
-            "dcp_head_norm": True, "dcp_reconstruct": "layer", "seed": 0, "progress": True}
+            "dcp_head_norm": True, "dcp_reconstruct": "layer", "dcp_score": "mask", "seed": 0, "progress": True}
 
 
 def options_of(inp: ScoreInput) -> dict:
@@ -60,6 +60,9 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     if o["dcp_reconstruct"] not in ("layer", "point"):
         raise ValueError(f"dcp_reconstruct={o['dcp_reconstruct']!r}: use 'layer' (MSE at the pruned group's "
                          f"consumer outputs, the paper) or 'point' (MSE at the auxiliary point's features).")
+    if o["dcp_score"] not in ("mask", "weight"):
+        raise ValueError(f"dcp_score={o['dcp_score']!r}: use 'mask' (gradient w.r.t. the channel's input mask) or "
+                         f"'weight' (Frobenius norm of the gradient w.r.t. the channel's consumer weights, the paper).")
     torch.manual_seed(o["seed"])
     gm, ga = inp.gm, inp.ga
     removed = removed_channels(ga, inp.keep)  # iterative pruning: what earlier rounds removed stays removed

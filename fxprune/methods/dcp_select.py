@@ -23,6 +23,7 @@ from ..analysis.masked import apply_mask
 from ..trace import META_SHAPE
 from ..train.losses import logits_of
 from .dcp_heads import with_outputs
+from .dcp_score import weight_gradient_scores, weight_slots
 
 
 @dataclass
@@ -34,16 +35,18 @@ class MaskInfo:
     last_use: dict[int, int]  # group id -> graph index of its last consumer
     group_masks: dict[int, list[str]]
     consumers: dict[int, list[str]]  # group id -> the consumer ops (conv, linear, matmul) reading it
+    modules: dict[str, list[str]]  # mask name -> qualnames of the modules reading the masked tensor
 
 
 def mask_groups(pruned: fx.GraphModule, ga: GraphAnalysis, arrays: dict, counts: dict[int, int]) -> MaskInfo:
     index = {n: i for i, n in enumerate(pruned.graph.nodes)}
-    where, ops = {}, {}
+    where, ops, modules = {}, {}, {}
     for n in pruned.graph.nodes:
         if n.op == "get_attr" and n.target in arrays:
             where[n.target] = max(index[u] for u in n.users)
-            ops[n.target] = [c.name for u in n.users if u.target is apply_mask for c in u.users
-                             if _is_tensor(c)]
+            readers = [c for u in n.users if u.target is apply_mask for c in u.users]
+            ops[n.target] = [c.name for c in readers if _is_tensor(c)]
+            modules[n.target] = [str(c.target) for c in readers if c.op == "call_module"]
     params = dict(pruned.named_parameters())
     pairs = {name: ga.channel_positions(arr) for name, arr in arrays.items()}
     last_use: dict[int, int] = {}
@@ -57,7 +60,7 @@ def mask_groups(pruned: fx.GraphModule, ga: GraphAnalysis, arrays: dict, counts:
                 group_masks.setdefault(gid, []).append(name)
                 consumers.setdefault(gid, [])
                 consumers[gid] += [c for c in ops[name] if c not in consumers[gid]]
-    return MaskInfo({k: params[k] for k in arrays}, pairs, last_use, group_masks, consumers)
+    return MaskInfo({k: params[k] for k in arrays}, pairs, last_use, group_masks, consumers, modules)
 
 
 def _is_tensor(n: fx.Node) -> bool:
@@ -197,9 +200,13 @@ def greedy_group(pruned: fx.GraphModule, ga: GraphAnalysis, state: np.ndarray, s
     params = _consumer_params(pruned, ga, gid)
     opt = torch.optim.SGD(params, lr=o["dcp_lr"], momentum=0.9) if params else None
     lam, prev, it = float(o["dcp_lambda"]), None, 0
+    wmasks, slots = weight_slots(pruned, ga, segment.info, gid) if o["dcp_score"] == "weight" else ([], [])
     target = min(max(target, 1), g.size - len(set(banned) - set(chosen)))
     while len(chosen) < target:
-        grad, loss = _gradients(seg, names, off, g.size, lam)
+        if slots:
+            grad, loss = weight_gradient_scores(seg, wmasks, slots, state, off, g.size, lam, _write)
+        else:
+            grad, loss = _gradients(seg, names, off, g.size, lam)
         gain = None if prev is None else (prev - loss) / max(abs(prev), 1e-12)  # the last addition's
         if o["dcp_adaptive"] and gain is not None and gain < o["dcp_epsilon"]:
             break
