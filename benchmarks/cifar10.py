@@ -292,7 +292,7 @@ def plot(name: str, data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
     for r in data["records"]:
         if r["run"] == "dense":
             ax.axhline(r["acc_finetuned"], color="gray", ls="--", label=f"dense {r['acc_finetuned']:.2f}")
@@ -306,7 +306,7 @@ def plot(name: str, data: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy after fine-tuning (%)")
     ax.set_title(f"CIFAR-10, profile {name}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
