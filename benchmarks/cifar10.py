@@ -67,6 +67,7 @@ class Profile:
     shared_data: bool = True
     flops: float = 0.5
     latency_batch: int = 512
+    quick: bool = False  # cheaper search settings (smoke profile: proves the code runs, not the method)
 
 
 PROFILES: dict[str, Profile] = {
@@ -74,7 +75,7 @@ PROFILES: dict[str, Profile] = {
     "cpu-r20": Profile("resnet20", 10, 5, 15, batch_size=128, dense_lr=0.1, finetune_lr=0.02, sparsity_epochs=2,
                        train_limit=10_000, latency_batch=64),
     "smoke": Profile("resnet20", 1, 1, 1, batch_size=128, dense_lr=0.05, finetune_lr=0.01, sparsity_epochs=1,
-                     shared_data=False, latency_batch=8),
+                     shared_data=False, latency_batch=8, quick=True),
 }
 DEFAULT_RUNS = ("l1", "fpgm", "taylor", "slimming", "tp-l1", "uniform-scratch")
 
@@ -114,14 +115,17 @@ class Bench:
 # ----------------------------------------------------------------------------- runs
 
 
+METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of methods that have options
+    "slimming": lambda b: {"sparsity_epochs": b.profile.sparsity_epochs, "sparsity": 1e-4,
+                           "sparsity_train": b.recipe(b.profile.sparsity_epochs, b.profile.finetune_lr)},
+    "tas": lambda b: {"tas_progress": not b.quiet},
+    "dcp": lambda b: {"progress": not b.quiet, **({"dcp_batches": 2, "dcp_chunk": 4} if b.profile.quick else {})},
+}
+
+
 def run_fxprune(bench: Bench, dense: nn.Module, method: str, kd: bool) -> Record:
     p = bench.profile
-    options = {}
-    if method == "slimming":
-        options = {"sparsity_epochs": p.sparsity_epochs, "sparsity": 1e-4,
-                   "sparsity_train": bench.recipe(p.sparsity_epochs, p.finetune_lr)}
-    elif method == "tas":
-        options = {"tas_progress": not bench.quiet}
+    options = METHOD_OPTIONS.get(method, lambda b: {})(bench)
     t0 = time.perf_counter()
     res = fxprune.prune(copy.deepcopy(dense).cpu().eval(), bench.x, method=method, flops=p.flops, data=bench.train,
                         eval_data=bench.test, finetune=bench.recipe(p.finetune_epochs, p.finetune_lr, kd=kd),
