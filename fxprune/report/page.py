@@ -100,7 +100,7 @@ def _accuracy_rows(acc: dict[str, float]) -> list[list[str]]:
 
 def summary(run: RunData, figures: dict[str, str]) -> str:
     rep, lat = run.report, run.latency
-    rows = [["FLOPs (MACs)", count(rep.flops_before), count(rep.flops_after), f"{rep.flops_ratio:.3f}"],
+    rows = [["FLOPs (2 per multiply-add)", count(rep.flops_before), count(rep.flops_after), f"{rep.flops_ratio:.3f}"],
             ["params", count(rep.params_before), count(rep.params_after), f"{rep.params_ratio:.3f}"]]
     if lat:
         where = f"latency ({lat.get('device', '?')}, batch {lat.get('batch', '?')})"
