@@ -25,7 +25,7 @@ from ..select import select
 from .dcp_heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_classes, train_with_heads
 from .dcp_select import Segment, greedy_group, mask_groups
 from .registry import ScoreInput, register_method
-from .taylor import batches, require_data
+from .calibration import batches, require_data
 
 DEFAULTS = {"dcp_heads": DEFAULT_HEADS, "dcp_head_epochs": 1, "dcp_lambda": 1.0, "dcp_batches": 4,
             "dcp_steps": 1, "dcp_lr": 0.01, "dcp_chunk": 1, "dcp_adaptive": False, "dcp_epsilon": 1e-3,

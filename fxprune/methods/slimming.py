@@ -25,7 +25,7 @@ from torch import nn
 
 from .magnitude import magnitude_scores, param_channel_scores, split_by_group
 from .registry import ScoreInput, register_method
-from .taylor import require_data
+from .calibration import require_data
 
 NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm) + (
     (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())

@@ -21,7 +21,7 @@ from .magnitude import magnitude_scores
 from .registry import ScoreInput, register_method
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
 from .tas_train import SearchConfig, search
-from .taylor import require_data
+from .calibration import require_data
 
 RESULT_KEY = "tas_searched_fractions"  # [[group id, searched fraction], ...] recorded in plan.method_options
 

@@ -11,31 +11,18 @@ the absolute value is taken; the absolute values are averaged over `taylor_batch
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
-from itertools import islice
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..masks import insert_masks
 from ..train.losses import logits_of
+from .calibration import batches, require_data
 from .magnitude import split_by_group
 from .registry import ScoreInput, register_method
 
 DEFAULT_BATCHES = 16
-
-
-def require_data(inp: ScoreInput, method: str, why: str) -> Iterable:
-    if inp.data is None:
-        raise ValueError(f"method '{method}' needs training data ({why}): pass data=<iterable of (inputs, "
-                         f"targets) batches>, e.g. fxprune.data.cifar10_loaders()[0].")
-    return inp.data
-
-
-def batches(data: Iterable, n: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `n` (inputs, targets) batches of `data`, moved to `device`."""
-    for x, y in islice(iter(data), n):
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 @register_method("taylor", "|sum of activation x gradient| per channel over calibration batches "
