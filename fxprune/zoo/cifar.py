@@ -127,7 +127,19 @@ def resnet110(num_classes: int = 10, width: float = 1.0) -> nn.Module:
 
 
 # --- VGG ------------------------------------------------------------------------------------------------
-class VGGCIFAR(nn.Module):
+class _FeaturesClassifier(nn.Module):
+    """A `features` stack, global average pooling and a Linear `classifier` (VGG and MobileNetV2 heads)."""
+
+    def _set_head(self, layers: list[nn.Module], channels: int, num_classes: int) -> None:
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class VGGCIFAR(_FeaturesClassifier):
     """conv3x3-BN-ReLU layers and 2x2 max pools from `cfg`, global average pooling (the identity on the 1x1
     map a 32x32 input leaves), one Linear: the CIFAR VGG of network slimming (Liu et al. 2017)."""
 
@@ -142,12 +154,7 @@ class VGGCIFAR(nn.Module):
             cout = _scaled(int(v), width)
             layers += [*_conv_bn(cin, cout, 3), nn.ReLU(inplace=True)]
             cin = cout
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        self._set_head(layers, cin, num_classes)
 
 
 def vgg16_bn(num_classes: int = 10, width: float = 1.0) -> nn.Module:
@@ -185,7 +192,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-class MobileNetV2CIFAR(nn.Module):
+class MobileNetV2CIFAR(_FeaturesClassifier):
     """MobileNetV2 (Sandler et al. 2018) for 32x32 inputs: see `mobilenet_v2_cifar`."""
 
     def __init__(self, num_classes: int = 10, width_mult: float = 1.0) -> None:
@@ -199,12 +206,7 @@ class MobileNetV2CIFAR(nn.Module):
                 layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
                 cin = cout
         layers += [*_conv_bn(cin, last, 1), nn.ReLU6(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(last, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        self._set_head(layers, last, num_classes)
 
 
 def mobilenet_v2_cifar(num_classes: int = 10, width_mult: float = 1.0) -> nn.Module:
