@@ -118,7 +118,8 @@ class Bench:
 METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of methods that have options
     "slimming": lambda b: {"sparsity_epochs": b.profile.sparsity_epochs, "sparsity": 1e-4,
                            "sparsity_train": b.recipe(b.profile.sparsity_epochs, b.profile.finetune_lr)},
-    "tas": lambda b: {"tas_progress": not b.quiet},
+    "tas": lambda b: {"tas_progress": not b.quiet,  # search epochs: a third of the fine-tune (20 for r56-e60)
+                      "tas_epochs": max(1, b.profile.finetune_epochs // 3)},
     "dcp": lambda b: {"progress": not b.quiet, **({"dcp_batches": 2, "dcp_chunk": 4} if b.profile.quick else {})},
 }
 

@@ -12,12 +12,16 @@ from torch import nn
 from . import analysis as _analysis  # noqa: F401  (registers the op rules)
 from .analysis.analyse import GraphAnalysis, run_analysis
 from .cost import CostModel, count_params
+from .deploy.align import measure_alignment
+from .deploy.latency_table import LatencyModel
+from .deploy.target import Target, as_target
 from .errors import PlanMismatchError
 from .finetune import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of, train_masked,
                        train_slim, training_device)
 from .masks import insert_masks, strip_masks
 from .methods import get_method
 from .methods.registry import ScoreInput
+from .rewrite.context import RewriteContext
 from .rewrite.rewriter import rewrite
 from .select import Budget, repair, select
 from .trace import META_FLOPS, as_input_tuple, propagate_shapes, trace
@@ -46,7 +50,8 @@ def analyse(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_
 
 
 def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: float | None = None,
-          flops: float | None = None, params: float | None = None, round_to: int = 1, ignore: Iterable = (),
+          flops: float | None = None, params: float | None = None, latency: float | None = None,
+          target: Target | str | None = None, round_to: int | str = 1, ignore: Iterable = (),
           scope: str | None = None, data: Iterable | None = None, eval_data: Iterable | None = None,
           finetune: Any = None, steps: int = 1, step_schedule: str = "linear", device: Any = None,
           inplace: bool = False,
@@ -54,11 +59,15 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
           **method_options: Any) -> PruneResult:
     """Prune `model` to a budget and return the slim GraphModule, the plan and a report.
 
-    Exactly one budget: `ratio` (fraction of every group's channels removed), `flops` or `params`
-    (fraction of the dense model's FLOPs / params kept). `scope` picks how a FLOPs/params budget is spread:
-    "global" ranks channels across all groups, "local" removes the same fraction from every group (default:
-    the method's own, "local" for `uniform`). `ignore` takes module names (their output channels are kept)
-    or group ids; `round_to` makes kept counts multiples of it; `strict=False` freezes channels reaching ops
+    Exactly one budget: `ratio` (fraction of every group's channels removed), `flops`, `params` or `latency`
+    (fraction of the dense model's FLOPs / params / latency kept). A latency budget is measured on `target`
+    (a `fxprune.Target` or a device string; default: CUDA when available, else the CPU) at the example
+    input's shape, through a per-layer latency table (`fxprune.deploy.LatencyModel`). `scope` picks how a
+    budget is spread: "global" ranks channels across all groups, "local" removes the same fraction from every
+    group (default: the method's own, "local" for `uniform`). `ignore` takes module names (their output
+    channels are kept) or group ids; `round_to` makes kept counts multiples of it, and `round_to="auto"`
+    uses the channel multiple measured to run well on `target` (`fxprune.deploy.measure_alignment`);
+    `strict=False` freezes channels reaching ops
     without a rule instead of raising; `leaf_modules` are traced as opaque leaves (their channels kept);
     `inplace=True` slices the caller's modules instead of a copy; further keyword options go to the method.
 
@@ -75,15 +84,17 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     >>> res.report.flops_ratio <= 0.5 and res.model(x).shape == (1, 1000)
     True
     """
-    budget = Budget.from_options(ratio, flops, params)
+    budget = Budget.from_options(ratio, flops, params, latency)
     backend = get_method(method)
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive int, got {round_to!r}.")
+    deployment = _deployment_target(target, budget, round_to, device)
     budgets = step_budgets(budget, steps, step_schedule)
     check_data_options(data, finetune, steps, backend.needs_data, method)
     inputs = as_input_tuple(example_inputs)
     gm, ga = _prepare(model, inputs, strict, leaf_modules, example_kwargs, copy_model=not inplace)
     cost = CostModel.build(gm, ga)
+    round_to = _resolve_round_to(round_to, deployment)
+    if budget.kind == "latency":
+        cost.latency_model = LatencyModel.build(gm, ga, inputs, deployment)
     dense_flops, dense_params = _dense_counts(gm), count_params(gm)
     if data is not None or eval_data is not None:
         gm.to(training_device(device))
@@ -93,9 +104,9 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     inp = ScoreInput(gm, ga, inputs, dict(method_options), data)
     if backend.prepare is not None:
         backend.prepare(inp)
-    for step, target in enumerate(budgets):
+    for step, step_budget in enumerate(budgets):
         inp.keep, inp.step = keep, step
-        keep = decide(backend, inp, ga, target, cost, round_to, ignored, scope, removed_channels(ga, keep))
+        keep = decide(backend, inp, ga, step_budget, cost, round_to, ignored, scope, removed_channels(ga, keep))
         if step < len(budgets) - 1:
             history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
     plan = _make_plan(ga, keep, method, inp.options, budget, round_to, strict, scope or backend.scope, steps)
@@ -108,7 +119,30 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     report = _report(ga, plan, dense_flops, dense_params, gm)
     report.accuracy = {k: v for k, v in acc.items() if v is not None}
     plan.achieved = {"flops": report.flops_ratio, "params": report.params_ratio}
+    if cost.latency_model is not None:
+        plan.achieved["latency_predicted"] = cost.latency(RewriteContext(ga, keep)) / cost.latency(None)
+    if deployment is not None:
+        plan.budget["target"] = deployment.key() or deployment.device
     return PruneResult(gm, plan, report, history)
+
+
+def _deployment_target(target: Target | str | None, budget: Budget, round_to: int | str,
+                       device: Any) -> Target | None:
+    """The Target latency budgets and round_to="auto" measure on (None when neither is asked for)."""
+    if round_to != "auto" and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive int or 'auto' (the channel multiple measured to run well "
+                         f"on the target device), got {round_to!r}.")
+    if budget.kind != "latency" and round_to != "auto":
+        if target is not None:
+            raise ValueError("target= is only used by a latency budget (latency=0.5) or round_to='auto'; pass "
+                             "one of them, or drop target=.")
+        return None
+    return as_target(target, str(training_device(device)) if device is not None else
+                     ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _resolve_round_to(round_to: int | str, target: Target | None) -> int:
+    return measure_alignment(target) if round_to == "auto" else int(round_to)
 
 
 def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, leaf_modules: Sequence[type] = (),

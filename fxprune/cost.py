@@ -7,7 +7,9 @@ contracts. Parameters scale with the kept fraction of each labelled dim.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ class CostModel:
     flop_terms: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
     param_terms: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
     fixed_params: int = 0
+    latency_model: Any = None  # fxprune.deploy.LatencyModel, attached for latency budgets
 
     @classmethod
     def build(cls, gm: fx.GraphModule, ga: GraphAnalysis) -> CostModel:
@@ -57,6 +60,29 @@ class CostModel:
     def params(self, ctx: RewriteContext | None) -> float:
         terms = sum(n * _fraction(ctx, arrs) for n, arrs in self.param_terms if n)
         return self.fixed_params + terms
+
+    def latency(self, ctx: RewriteContext | None) -> float:
+        if self.latency_model is None:
+            raise ValueError("a latency budget needs a latency model: prune(..., latency=0.5, target='cuda') "
+                             "measures one on the target device (see fxprune.Target).")
+        return self.latency_model.latency(ctx)
+
+    def measure(self, kind: str) -> Callable[[RewriteContext | None], float]:
+        """The cost function of a budget kind ("flops", "params" or "latency")."""
+        measures = {"flops": self.flops, "params": self.params, "latency": self.latency}
+        if kind not in measures:
+            raise ValueError(f"no cost model for a '{kind}' budget; budgets are {sorted(measures)}.")
+        return measures[kind]
+
+    def terms(self, kind: str) -> tuple[list[tuple[float, list[np.ndarray]]], float]:
+        """Terms (value, arrays whose kept fractions scale it) and constant part of a budget kind: exact for
+        FLOPs and params, first order for latency."""
+        if kind == "flops":
+            return self.flop_terms, 0.0
+        if kind == "params":
+            return self.param_terms, float(self.fixed_params)
+        self.latency(None)  # raises the clear error when there is no latency model
+        return self.latency_model.linear_terms()
 
 
 def _fraction(ctx: RewriteContext | None, arrs: list[np.ndarray]) -> float:

@@ -39,9 +39,10 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, device: str | torch.device = "cpu", repeats: int = 20,
-                    warmup: int = 5) -> float:
+                    warmup: int = 5, dtype: torch.dtype | None = None) -> float:
     """Median latency in milliseconds of one forward pass of `model` on `example_inputs` (a tensor or a
-    tuple of tensors, batch included), after `warmup` untimed passes."""
+    tuple of tensors, batch included), after `warmup` untimed passes. `dtype` is the autocast dtype on CUDA
+    (default bfloat16; torch.float32 runs without autocast); on the CPU the model always runs in float32."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
     dev = check_device(device)
@@ -52,7 +53,9 @@ def measure_latency(model: nn.Module, example_inputs: Any, device: str | torch.d
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)
         inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    dtype = dtype or torch.bfloat16
+    autocast = (torch.autocast("cuda", dtype=dtype) if on_cuda and dtype != torch.float32
+                else contextlib.nullcontext())
     with torch.inference_mode(), autocast:
         for _ in range(warmup):
             model(*inputs)

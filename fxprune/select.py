@@ -20,15 +20,17 @@ from .rewrite.context import RewriteContext
 
 @dataclass(frozen=True)
 class Budget:
-    kind: str  # "ratio" | "flops" | "params"
+    kind: str  # "ratio" | "flops" | "params" | "latency"
     value: float
 
     @classmethod
-    def from_options(cls, ratio: float | None, flops: float | None, params: float | None) -> Budget:
-        given = {k: v for k, v in (("ratio", ratio), ("flops", flops), ("params", params)) if v is not None}
+    def from_options(cls, ratio: float | None, flops: float | None, params: float | None,
+                     latency: float | None = None) -> Budget:
+        given = {k: v for k, v in (("ratio", ratio), ("flops", flops), ("params", params), ("latency", latency))
+                 if v is not None}
         if len(given) != 1:
             raise ValueError(
-                f"exactly one budget is required (ratio=, flops= or params=), got "
+                f"exactly one budget is required (ratio=, flops=, params= or latency=), got "
                 f"{', '.join(f'{k}={v}' for k, v in given.items()) or 'none'}. Example: flops=0.5 keeps at most "
                 f"half of the dense model's FLOPs; ratio=0.3 removes 30% of every group's channels.")
         kind, value = next(iter(given.items()))
@@ -91,7 +93,7 @@ def select_ratio(ga: GraphAnalysis, scores: dict[int, np.ndarray], ratio: float,
 def select_local(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostModel, kind: str, value: float,
                  round_to: int, ignore: set[int], removed: Removed) -> dict[int, list[int]]:
     """The largest common kept fraction (the same for every group) whose model fits `value` x dense cost."""
-    measure = cost.flops if kind == "flops" else cost.params
+    measure = cost.measure(kind)
     limit = value * measure(None) + 1e-6
 
     def keep_at(fraction: float) -> dict[int, list[int]]:
@@ -121,7 +123,7 @@ def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostMo
     """Highest common threshold on group-normalised scores whose model fits `value` x dense cost."""
     gids = prunable_groups(ga, ignore)
     norm = {gid: _normalised(scores[gid], removed.get(gid, set())) for gid in gids}
-    measure = cost.flops if kind == "flops" else cost.params
+    measure = cost.measure(kind)
     dense = measure(None)
     finite = [v[np.isfinite(v)] for v in norm.values()]
     thresholds = np.unique(np.concatenate(finite)) if gids else np.zeros(1)

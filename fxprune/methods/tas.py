@@ -38,18 +38,11 @@ def search_config(options: dict) -> SearchConfig:
         samples=int(o.get("tas_samples", 2)), progress=bool(o.get("tas_progress", True)))
 
 
-def cost_terms(cost, kind: str) -> tuple[list, float]:
-    """The cost model's terms and constant part for a "flops" or "params" budget."""
-    if kind == "flops":
-        return cost.flop_terms, 0.0
-    return cost.param_terms, float(cost.fixed_params)
-
-
 def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[int]]:
     data = require_data(inp, "tas", "the width distributions and the weights are trained on batches")
     if budget.kind == "ratio":
-        raise ValueError("method 'tas' searches widths against a FLOPs or params budget: pass flops= or params= "
-                         "(a fraction of the dense model's cost), not ratio=.")
+        raise ValueError("method 'tas' searches widths against a FLOPs, params or latency budget: pass flops=, "
+                         "params= or latency= (a fraction of the dense model's cost), not ratio=.")
     if inp.step > 0:
         raise ValueError("method 'tas' searches once: use steps=1.")
     cfg = search_config(inp.options)
@@ -59,14 +52,14 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ValueError(f"tas_fractions={fractions}: candidate widths are fractions in (0, 1].")
     space = WidthSpace.build(ga, gids, magnitude_scores(inp, 1), fractions)
-    measure = cost.flops if budget.kind == "flops" else cost.params
+    measure = cost.measure(budget.kind)
     target = budget.value * measure(None)
     seed = int(inp.options.get("seed", 0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gated, gates = install_gates(inp.gm, ga)
         device = next((p.device for p in gated.parameters()), torch.device("cpu"))
-        terms, fixed = cost_terms(cost, budget.kind)
+        terms, fixed = cost.terms(budget.kind)
         expected = ExpectedCost(ga, terms).to(device)
         generator = torch.Generator().manual_seed(seed)
         alpha = torch.nn.Parameter((0.01 * torch.randn(len(gids), len(fractions), generator=generator)).to(device))
