@@ -7,6 +7,7 @@ True
 from .analysis import register_rule, method_key
 from .api import __version__, analyse, apply_masks, apply_plan, prune, remove_masks
 from .cost import count_flops, count_params
+from .deploy.target import Target
 from .export import export
 from .errors import ExportParityError, FxPruneError, PlanMismatchError, RunDirError, TraceError, UnsupportedOpError
 from .methods import list_methods, register_method
@@ -17,7 +18,7 @@ from .types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, Prunin
 
 __all__ = [
     "ChannelGroup", "ChannelSlot", "ExportParityError", "FxPruneError", "GroupDecision", "PlanMismatchError",
-    "PruneResult", "PruningPlan", "Report", "RunDirError", "TraceError", "UnsupportedOpError", "__version__",
+    "PruneResult", "PruningPlan", "Report", "RunDirError", "Target", "TraceError", "UnsupportedOpError", "__version__",
     "analyse", "apply_masks", "apply_plan", "count_flops", "count_params", "export", "list_methods", "load",
     "load_run_info", "method_key", "prune",
     "register_method", "register_rule", "remove_masks", "trace",

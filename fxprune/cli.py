@@ -103,7 +103,20 @@ def parse_exports(text: str) -> tuple[str, ...]:
 
 
 def budget_of(args: argparse.Namespace) -> dict[str, float]:
-    return {k: getattr(args, k) for k in ("flops", "params", "ratio") if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in ("flops", "params", "ratio", "latency") if getattr(args, k) is not None}
+
+
+def parse_round_to(text: str) -> int | str:
+    """'auto' or a positive int."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--round-to takes a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def _cifar10_data(path: str):
@@ -131,6 +144,8 @@ def parse_data(text: str) -> tuple[str, str]:
 def data_options(args: argparse.Namespace) -> dict[str, Any]:
     """prune() keyword arguments for --data / --epochs / --kd / --steps / --scope."""
     opts: dict[str, Any] = {} if args.scope is None else {"scope": args.scope}
+    if args.target is not None:
+        opts["target"] = args.target
     if args.data is None:
         if args.epochs or args.kd or args.steps > 1:
             raise UsageError("--epochs, --kd and --steps fine-tune: they need --data (e.g. --data cifar10)")
@@ -144,7 +159,8 @@ def data_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, round_to: int, as_json: bool, *,
+def prune_and_write(model: Any, x: Any, out: Path, method: str, budget: dict, round_to: int | str,
+                    as_json: bool, *,
                     model_spec: str | None = None, command: str | None = None,
                     exports: Sequence[str] = ("onnx",), **options: Any) -> int:
     """Prune, write the run directory `out` (fxprune.run.save_run) and its HTML report, print the report."""
@@ -200,7 +216,12 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--flops", type=float, help="keep this fraction of the FLOPs, e.g. 0.5")
     budget.add_argument("--params", type=float, help="keep this fraction of the parameters")
     budget.add_argument("--ratio", type=float, help="remove this fraction of each group's channels")
-    p.add_argument("--round-to", type=int, default=1, metavar="N", help="kept widths are multiples of N")
+    budget.add_argument("--latency", type=float, help="keep this fraction of the latency measured on --target")
+    p.add_argument("--round-to", type=parse_round_to, default=1, metavar="N|auto",
+                   help="kept widths are multiples of N; auto: the multiple measured to run well on --target")
+    p.add_argument("--target", default=None, metavar="DEVICE",
+                   help="device a --latency budget and --round-to auto measure on (cpu, cuda; default: CUDA "
+                        "when available)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="the run directory to write (plan, reports, slim weights, exports)")
     p.add_argument("--export", type=parse_exports, default=("onnx",), metavar="FORMATS",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["check_device", "measure_latency"]
+__all__ = ["check_device", "measure_latency", "time_callable"]
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -63,6 +63,24 @@ def measure_latency(model: nn.Module, example_inputs: Any, device: str | torch.d
             torch.cuda.synchronize(dev)
         timer = _cuda_timer if on_cuda else _cpu_timer
         return statistics.median(timer(lambda: model(*inputs)) for _ in range(repeats))
+
+
+def time_callable(step: Callable[[], Any], device: str | torch.device = "cpu", repeats: int = 50,
+                  warmup: int = 10) -> float:
+    """Median milliseconds of `step()` (already set up to run on `device`): `warmup` untimed calls, then
+    `repeats` timed ones, each with CUDA events on CUDA, `time.perf_counter` on the CPU, under inference mode.
+
+    >>> time_callable(lambda: sum(range(100)), "cpu", repeats=3, warmup=1) > 0
+    True
+    """
+    dev = check_device(device)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timer = _cuda_timer if dev.type == "cuda" else _cpu_timer
+        return statistics.median(timer(step) for _ in range(repeats))
 
 
 def _cpu_timer(step: Callable[[], Any]) -> float:

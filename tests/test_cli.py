@@ -219,6 +219,20 @@ def test_prune_writes_files_and_passes_budget(capsys, tmp_path, fake_api, tiny_m
     assert "FAKE REPORT" in out and "slim.onnx" in out
 
 
+def test_prune_passes_latency_budget_target_and_auto_rounding(capsys, tmp_path, fake_api, tiny_model):
+    code, _, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--latency", "0.6", "--target", "cpu",
+                         "--round-to", "auto", "--input-size", "3,32,32", "--out", str(tmp_path / "r"))
+    assert code == 0
+    assert fake_api["prune"][2] == {"method": "l1", "round_to": "auto", "latency": 0.6, "target": "cpu"}
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "fast"])
+def test_bad_round_to_exits_2(capsys, tmp_path, value):
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--round-to", value,
+                           "--out", str(tmp_path))
+    assert code == 2 and "--round-to takes a positive integer or 'auto'" in err
+
+
 def test_prune_json_output(capsys, tmp_path, fake_api, tiny_model):
     code, out, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--out", str(tmp_path),
                            "--json")
