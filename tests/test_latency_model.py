@@ -152,3 +152,12 @@ def test_cuda_target_without_cuda_is_a_clear_error():
 def test_target_points_must_allow_interpolation():
     with pytest.raises(ValueError, match="at least 2 grid points"):
         Target("cpu", points=1)
+
+
+def test_tas_searches_against_a_latency_budget():
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)) for _ in range(2)]
+    res = fxprune.prune(get_cifar_model("resnet20"), X[:1], method="tas", latency=0.6, target=_target(), data=data,
+                        tas_epochs=1, tas_progress=False, device="cpu")
+    assert res.plan.achieved["latency_predicted"] <= 0.6 + 1e-9
+    assert res.plan.method_options["tas_searched_fractions"]

@@ -188,7 +188,7 @@ def test_tas_params_budget_and_option_errors():
     res = _tas(_resnet(), x, data, params=0.5, tas_fractions=[0.5, 1.0])
     assert res.report.params_ratio <= 0.5
     assert {f for _, f in res.plan.method_options["tas_searched_fractions"]} <= {0.5, 1.0}
-    with pytest.raises(ValueError, match="flops= or params="):
+    with pytest.raises(ValueError, match="params= or latency="):
         _tas(_resnet(), x, data, ratio=0.5)
     with pytest.raises(ValueError, match="needs training data"):
         fxprune.prune(_resnet(), x, method="tas", flops=0.5)
