@@ -23,12 +23,13 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
                  soft: bool = False, arrays: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     """Insert one mask per consumer input that loses channels; returns {buffer name: mask}.
 
-    With `soft=True` every consumer input gets a mask (all ones where nothing is removed) registered as a
+    Masks live on the device of `gm`'s parameters. With `soft=True` every consumer input gets a mask (all ones where nothing is removed) registered as a
     parameter, so learned methods can train them. `arrays`, when given, is filled with each mask's label
     array (which channels each mask position carries: `ga.channel_positions(arr)`).
     """
     ctx = RewriteContext(ga, keep)
     modules = dict(gm.named_modules())
+    device = next((t.device for t in (*gm.parameters(), *gm.buffers())), torch.device("cpu"))
     masks: dict[str, torch.Tensor] = {}
     replaced: set[str] = set()
     arrays = {} if arrays is None else arrays
@@ -38,7 +39,7 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
 
         def make_mask(arr=arr, i=i) -> fx.Node:
             name = f"{MASK_PREFIX}{i}_{len(masks)}"
-            value = torch.as_tensor(ctx.keep_mask(arr), dtype=torch.float32)
+            value = torch.as_tensor(ctx.keep_mask(arr), dtype=torch.float32, device=device)
             _register(gm, name, value, soft)
             masks[name] = value
             arrays[name] = arr

@@ -193,3 +193,13 @@ def test_weight_score_is_the_frobenius_norm_of_the_weight_gradient_with_unselect
     assert keep[g1.id] == [int(grad.pow(2).sum((0, 2, 3)).argmax())]
     with pytest.raises(ValueError, match="dcp_score"):
         _search(Toy().eval(), x, data, Budget("ratio", 0.5), dcp_score="norm", progress=False)
+
+
+def test_masks_are_created_on_the_device_of_the_model():
+    """DCP/TAS/Taylor insert masks into a model that may already live on CUDA; the meta device stands in."""
+    from fxprune.masks import insert_masks
+
+    gm, ga = _prepare(resnet20(), (torch.randn(1, 3, 32, 32),), True, (), None)
+    gm.to("meta")
+    masks = insert_masks(gm, ga, {}, soft=True)
+    assert masks and all(m.device.type == "meta" for m in masks.values())
