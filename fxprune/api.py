@@ -101,7 +101,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     teacher = teacher_of(model, finetune)
     acc = {"dense": accuracy(gm, eval_data)}
     keep, history, ignored = {}, [], _ignored_groups(gm, ga, ignore)
-    inp = ScoreInput(gm, ga, inputs, dict(method_options), data)
+    inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to)
     if backend.prepare is not None:
         backend.prepare(inp)
     for step, step_budget in enumerate(budgets):

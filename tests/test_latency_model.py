@@ -161,3 +161,12 @@ def test_tas_searches_against_a_latency_budget():
                         tas_epochs=1, tas_progress=False, device="cpu")
     assert res.plan.achieved["latency_predicted"] <= 0.6 + 1e-9
     assert res.plan.method_options["tas_searched_fractions"]
+
+
+def test_tas_honours_round_to():
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen))]
+    res = fxprune.prune(get_cifar_model("resnet20"), X[:1], method="tas", flops=0.5, round_to=8, data=data,
+                        tas_epochs=1, tas_progress=False, device="cpu")
+    assert res.report.flops_ratio <= 0.5 + 1e-6
+    assert all(kept % 8 == 0 or kept == size for _, size, kept, _ in res.report.widths)

@@ -40,7 +40,7 @@ def target_counts(inp: ScoreInput, budget, cost, ignored: set[int], removed: dic
     """How many channels every channel group keeps: one common fraction that meets the budget."""
     ga = inp.ga
     zeros = {g.id: np.zeros(g.size) for g in ga.groups}
-    keep = select(ga, zeros, budget, cost, 1, ignored, "local", removed)
+    keep = select(ga, zeros, budget, cost, inp.round_to, ignored, "local", removed)
     return {gid: len(k) for gid, k in keep.items() if len(k) < ga.groups[gid].size}
 
 

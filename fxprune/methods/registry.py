@@ -37,6 +37,7 @@ class ScoreInput:
     data: Iterable | None = None
     keep: dict[int, list[int]] = field(default_factory=dict)
     step: int = 0
+    round_to: int = 1  # kept counts are multiples of it (search backends honour it like `select` does)
 
 
 Scorer = Callable[[ScoreInput], dict[int, np.ndarray]]

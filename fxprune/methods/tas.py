@@ -51,7 +51,7 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
     fractions = tuple(float(f) for f in inp.options.get("tas_fractions", DEFAULT_FRACTIONS))
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ValueError(f"tas_fractions={fractions}: candidate widths are fractions in (0, 1].")
-    space = WidthSpace.build(ga, gids, magnitude_scores(inp, 1), fractions)
+    space = WidthSpace.build(ga, gids, magnitude_scores(inp, 1), fractions, inp.round_to)
     measure = cost.measure(budget.kind)
     target = budget.value * measure(None)
     seed = int(inp.options.get("seed", 0))

@@ -25,6 +25,13 @@ from .gates import flat_gates, position_index
 DEFAULT_FRACTIONS = tuple(round(0.3 + 0.1 * i, 1) for i in range(8))  # 0.3 ... 1.0, as the official code
 
 
+def _rounded(n: int, size: int, round_to: int) -> int:
+    """`n` rounded up to a multiple of `round_to` (when the group has that many channels), at most `size`."""
+    if round_to > 1 and size >= round_to:
+        n = -(-n // round_to) * round_to
+    return min(size, n)
+
+
 @dataclass
 class WidthSpace:
     ga: GraphAnalysis
@@ -33,10 +40,13 @@ class WidthSpace:
     widths: dict[int, torch.Tensor]  # group id -> (candidates, size) 0/1 masks
     counts: dict[int, list[int]]  # group id -> kept channel count of each candidate
     ranking: dict[int, list[int]]  # group id -> channels, best first
+    round_to: int = 1  # kept counts are multiples of it where the group is that large
 
     @classmethod
     def build(cls, ga: GraphAnalysis, gids: list[int], scores: dict[int, np.ndarray],
-              fractions: tuple[float, ...] = DEFAULT_FRACTIONS) -> WidthSpace:
+              fractions: tuple[float, ...] = DEFAULT_FRACTIONS, round_to: int = 1) -> WidthSpace:
+        """Candidate k of a group keeps round(fraction_k x size) channels, rounded up to a multiple of
+        `round_to` (hardware-aware widths) where the group has at least that many."""
         widths, counts, ranking = {}, {}, {}
         for gid in gids:
             g = ga.groups[gid]
@@ -44,12 +54,13 @@ class WidthSpace:
             not_frozen[list(g.frozen)] = False
             order = np.lexsort((np.arange(g.size), -np.asarray(scores[gid], dtype=np.float64), not_frozen))
             ranking[gid] = order.tolist()
-            counts[gid] = [max(1, len(g.frozen), min(g.size, int(round(f * g.size)))) for f in fractions]
+            counts[gid] = [_rounded(max(1, len(g.frozen), int(round(f * g.size))), g.size, round_to)
+                           for f in fractions]
             m = torch.zeros(len(fractions), g.size)
             for k, n in enumerate(counts[gid]):
                 m[k, torch.as_tensor(order[:n])] = 1.0
             widths[gid] = m
-        return cls(ga, gids, tuple(fractions), widths, counts, ranking)
+        return cls(ga, gids, tuple(fractions), widths, counts, ranking, round_to)
 
     def keep_of(self, choice: dict[int, int]) -> dict[int, list[int]]:
         """{group id: kept channels} of a candidate index per group."""
@@ -58,7 +69,7 @@ class WidthSpace:
     def keep_count(self, gid: int, n: int) -> list[int]:
         """Group `gid` keeps its `n` best-ranked channels (at least its frozen ones, at least one)."""
         g = self.ga.groups[gid]
-        return sorted(self.ranking[gid][:max(1, len(g.frozen), min(g.size, n))])
+        return sorted(self.ranking[gid][:_rounded(max(1, len(g.frozen), n), g.size, self.round_to)])
 
     def gates(self, weights: torch.Tensor) -> dict[int, torch.Tensor]:
         """Gate vectors from a (groups, candidates) weighting: sum_k weight_k x mask of width k."""
