@@ -106,6 +106,7 @@ class Record:
     prune_s: float | None = None
     predicted_latency_ratio: float | None = None  # fxprune-lat: the latency model's prediction
     round_to: int | None = None
+    eager_ratio: float | None = None  # slim / dense latency, both in eager mode (what the latency model predicts)
     note: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -159,7 +160,7 @@ def time_runtimes(model: nn.Module, x: torch.Tensor, device: str, runtimes: tupl
     times, errors = {}, {}
     for runtime in runtimes:
         try:
-            opt = optimize(model, (x,), device=device, mode=runtime, threads=threads)
+            opt = optimize(model, (x,), device=device, mode=runtime, ort_threads=threads or 2)
             xd = x.to(device)
             times[runtime] = time_callable(lambda: opt(xd), device, repeats=repeats, warmup=10)
         except Exception as err:  # a runtime failing on one model is a result, not a crash
@@ -194,8 +195,7 @@ def run_case(name: str, args: argparse.Namespace, variants: list[str]) -> list[R
     for variant in variants:
         t0 = time.perf_counter()
         try:
-            with torch.no_grad():
-                slim, extra = VARIANTS[variant](dense, x_small if variant != "fxprune-lat" else x, ctx)
+            slim, extra = VARIANTS[variant](dense, x_small if variant != "fxprune-lat" else x, ctx)
         except Exception as err:
             traceback.print_exc()
             records.append(Record(name, variant, float("nan"), float("nan"), {}, "", float("nan"),
@@ -208,11 +208,13 @@ def run_case(name: str, args: argparse.Namespace, variants: list[str]) -> list[R
         records.append(rec)
         print(f"{name:14s} {variant:12s} macs {rec.macs_ratio:.3f} best {rec.best_runtime} {rec.best_ms:.3f} ms "
               f"{rec.times_ms} {rec.errors or ''}", flush=True)
-    dense_best = records[0].best_ms
+    dense = records[0]
     for rec in records:
         if rec.best_ms == rec.best_ms and rec.macs_ratio == rec.macs_ratio and rec.best_ms > 0:
-            rec.speedup = dense_best / rec.best_ms
+            rec.speedup = dense.best_ms / rec.best_ms
             rec.efficiency = rec.speedup * rec.macs_ratio
+        if "eager" in rec.times_ms and "eager" in dense.times_ms:
+            rec.eager_ratio = rec.times_ms["eager"] / dense.times_ms["eager"]
     return records
 
 
@@ -237,6 +239,21 @@ def merge(path: Path, env: dict, records: list[Record]) -> dict:
     return data
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and value == value else "-"
+
+
+def _note(r: dict) -> str:
+    parts = [r["note"]] if r["note"] else []
+    if r.get("round_to"):
+        parts.append(f"round_to {r['round_to']}")
+    if r.get("predicted_latency_ratio") is not None and r.get("eager_ratio"):
+        parts.append(f"latency model: predicted {r['predicted_latency_ratio']:.3f}, measured (eager) "
+                     f"{r['eager_ratio']:.3f}")
+    parts += [f"{k}: {v}" for k, v in r["errors"].items()]
+    return "; ".join(parts)
+
+
 def markdown(data: dict, device: str) -> str:
     lines = [f"# B3 realised speedup, {device}", "",
              "Efficiency = (dense ms / slim ms) / (dense MACs / slim MACs); best runtime of each model.", "",
@@ -244,15 +261,9 @@ def markdown(data: dict, device: str) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in data["records"]:
         runtimes = ", ".join(f"{k} {v:.3f}" for k, v in r["times_ms"].items())
-        if r.get("predicted_latency_ratio") is not None and r.get("speedup"):
-            r["note"] = (r["note"] + f" predicted latency ratio {r['predicted_latency_ratio']:.3f}, measured "
-                         f"{1 / r['speedup']:.3f}").strip()
-        if r.get("round_to"):
-            r["note"] = (r["note"] + f" round_to {r['round_to']}").strip()
-        fmt = (lambda v, f: format(v, f) if isinstance(v, (int, float)) and v == v else "-")
-        lines.append(f"| {r['model']} | {r['variant']} | {fmt(r['macs_ratio'], '.3f')} | {r['best_runtime'] or '-'}"
-                     f" | {fmt(r['best_ms'], '.3f')} | {fmt(r['speedup'], '.2f')} | {fmt(r['efficiency'], '.2f')} | "
-                     f"{runtimes} | {r['note']} {'; '.join(f'{k}: {v}' for k, v in r['errors'].items())} |")
+        lines.append(f"| {r['model']} | {r['variant']} | {_fmt(r['macs_ratio'], '.3f')} | "
+                     f"{r['best_runtime'] or '-'} | {_fmt(r['best_ms'], '.3f')} | {_fmt(r['speedup'], '.2f')} | "
+                     f"{_fmt(r['efficiency'], '.2f')} | {runtimes} | {_note(r)} |")
     lines += ["", "Environments:"] + [f"- {json.dumps(e)}" for e in data["environments"]]
     return "\n".join(lines) + "\n"
 

@@ -23,7 +23,7 @@ from .methods import get_method
 from .methods.registry import ScoreInput
 from .rewrite.context import RewriteContext
 from .rewrite.rewriter import rewrite
-from .select import Budget, repair, select
+from .select import Budget, fits_at_minimum, repair, select
 from .trace import META_FLOPS, as_input_tuple, propagate_shapes, trace
 from .types import ChannelGroup, GroupDecision, PruneResult, PruningPlan, Report
 
@@ -92,15 +92,16 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     inputs = as_input_tuple(example_inputs)
     gm, ga = _prepare(model, inputs, strict, leaf_modules, example_kwargs, copy_model=not inplace)
     cost = CostModel.build(gm, ga)
-    round_to = _resolve_round_to(round_to, deployment)
     if budget.kind == "latency":
         cost.latency_model = LatencyModel.build(gm, ga, inputs, deployment)
+    ignored = _ignored_groups(gm, ga, ignore)
+    round_to = _resolve_round_to(round_to, deployment, ga, cost, budget, ignored)
     dense_flops, dense_params = _dense_counts(gm), count_params(gm)
     if data is not None or eval_data is not None:
         gm.to(training_device(device))
     teacher = teacher_of(model, finetune)
     acc = {"dense": accuracy(gm, eval_data)}
-    keep, history, ignored = {}, [], _ignored_groups(gm, ga, ignore)
+    keep, history = {}, []
     inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to)
     if backend.prepare is not None:
         backend.prepare(inp)
@@ -141,8 +142,16 @@ def _deployment_target(target: Target | str | None, budget: Budget, round_to: in
                      ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _resolve_round_to(round_to: int | str, target: Target | None) -> int:
-    return measure_alignment(target) if round_to == "auto" else int(round_to)
+def _resolve_round_to(round_to: int | str, target: Target | None, ga: GraphAnalysis, cost: CostModel,
+                      budget: Budget, ignored: set[int]) -> int:
+    """An int round_to as given; "auto": the alignment measured on `target`, halved while even the smallest
+    model it allows (every group at one multiple) would not meet the budget."""
+    if round_to != "auto":
+        return int(round_to)
+    m = measure_alignment(target)
+    while m > 1 and budget.kind != "ratio" and not fits_at_minimum(ga, cost, budget, m, ignored):
+        m //= 2
+    return m
 
 
 def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, leaf_modules: Sequence[type] = (),

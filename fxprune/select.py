@@ -9,6 +9,7 @@ step removed (`removed`) are never kept again.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,6 +146,14 @@ def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostMo
     return keep_at(thresholds[min(lo, len(thresholds) - 1)] if lo < len(thresholds) else np.inf)
 
 
+def fits_at_minimum(ga: GraphAnalysis, cost: CostModel, budget: Budget, round_to: int, ignore: set[int]) -> bool:
+    """Whether the smallest decision `round_to` allows (every prunable group at its minimum) meets `budget`."""
+    zeros = {gid: np.zeros(ga.groups[gid].size) for gid in prunable_groups(ga, ignore)}
+    smallest = repair(ga, {gid: _keep_n(ga, gid, z, 1, round_to, {}) for gid, z in zeros.items()}, zeros)
+    measure = cost.measure(budget.kind)
+    return measure(RewriteContext(ga, smallest)) <= budget.value * measure(None) + 1e-6
+
+
 def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.ndarray]) -> dict[int, list[int]]:
     """Give back channels where a decision would leave some tensor with no channel at all.
 
@@ -194,4 +203,18 @@ def select(ga: GraphAnalysis, scores: dict[int, np.ndarray], budget: Budget, cos
     else:
         chooser = select_global if scope == "global" else select_local
         keep = chooser(ga, scores, cost, budget.kind, budget.value, round_to, ignore, removed)
-    return repair(ga, keep, scores)
+    keep = repair(ga, keep, scores)
+    if budget.kind != "ratio":
+        _warn_if_over(ga, keep, budget, cost, round_to)
+    return keep
+
+
+def _warn_if_over(ga: GraphAnalysis, keep: dict[int, list[int]], budget: Budget, cost: CostModel,
+                  round_to: int) -> None:
+    measure = cost.measure(budget.kind)
+    achieved = measure(RewriteContext(ga, keep)) / max(measure(None), 1e-12)
+    if achieved > budget.value + 1e-6:
+        warnings.warn(f"the {budget.kind} budget {budget.value} cannot be met: the smallest model the constraints "
+                      f"allow keeps {achieved:.3f} of the dense {budget.kind} (round_to={round_to}, frozen and "
+                      f"ignored channels, at least one channel per group). Lower round_to, ignore fewer layers, or "
+                      f"raise the budget.", stacklevel=3)

@@ -170,3 +170,19 @@ def test_tas_honours_round_to():
                         tas_epochs=1, tas_progress=False, device="cpu")
     assert res.report.flops_ratio <= 0.5 + 1e-6
     assert all(kept % 8 == 0 or kept == size for _, size, kept, _ in res.report.widths)
+
+
+def test_round_to_auto_halves_the_alignment_until_the_budget_can_be_met():
+    def tiles_of_16(m: nn.Module, inputs: tuple) -> float:
+        return m.in_channels * math.ceil(m.out_channels / 16) * 16.0 if isinstance(m, nn.Conv2d) else 1.0
+
+    target = Target("cpu", timer=tiles_of_16, cache=False)
+    assert measure_alignment(target) == 16
+    res = fxprune.prune(get_cifar_model("resnet20").eval(), X, flops=0.26, round_to="auto", target=target)
+    assert res.plan.round_to == 8 and res.report.flops_ratio <= 0.26 + 1e-6
+
+
+def test_an_unreachable_budget_warns():
+    with pytest.warns(UserWarning, match="budget 0.26 cannot be met.*round_to=16"):
+        res = fxprune.prune(get_cifar_model("resnet20").eval(), X, flops=0.26, round_to=16)
+    assert res.report.flops_ratio > 0.26
