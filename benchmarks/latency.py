@@ -174,8 +174,8 @@ def time_runtimes(model: nn.Module, x: torch.Tensor, device: str, runtimes: tupl
 def measure(name: str, variant: str, model: nn.Module, x: torch.Tensor, args: argparse.Namespace,
             dense_macs: int, dense_params: int, extra: dict) -> Record:
     macs = fxprune.count_flops(model, x[:1])
-    times, errors = time_runtimes(model, x, args.device, RUNTIMES[args.device.split(":")[0]], args.repeats,
-                                  args.threads)
+    runtimes = tuple(args.runtimes.split(",")) if args.runtimes else RUNTIMES[args.device.split(":")[0]]
+    times, errors = time_runtimes(model, x, args.device, runtimes, args.repeats, args.threads)
     best = min(times, key=times.get) if times else ""
     return Record(name, variant, macs / dense_macs, fxprune.count_params(model) / dense_params, times, best,
                   times.get(best, float("nan")), errors=errors, **extra)
@@ -208,13 +208,6 @@ def run_case(name: str, args: argparse.Namespace, variants: list[str]) -> list[R
         records.append(rec)
         print(f"{name:14s} {variant:12s} macs {rec.macs_ratio:.3f} best {rec.best_runtime} {rec.best_ms:.3f} ms "
               f"{rec.times_ms} {rec.errors or ''}", flush=True)
-    dense = records[0]
-    for rec in records:
-        if rec.best_ms == rec.best_ms and rec.macs_ratio == rec.macs_ratio and rec.best_ms > 0:
-            rec.speedup = dense.best_ms / rec.best_ms
-            rec.efficiency = rec.speedup * rec.macs_ratio
-        if "eager" in rec.times_ms and "eager" in dense.times_ms:
-            rec.eager_ratio = rec.times_ms["eager"] / dense.times_ms["eager"]
     return records
 
 
@@ -230,13 +223,35 @@ def environment(args: argparse.Namespace) -> dict:
 
 
 def merge(path: Path, env: dict, records: list[Record]) -> dict:
+    """Add `records` to the results file: a (model, variant) measured again keeps its other runtimes' times
+    (so runtimes can be measured in separate runs), then best runtime, speedup and efficiency are redone."""
     data = json.loads(path.read_text()) if path.exists() else {"environments": [], "records": []}
     if env not in data["environments"]:
         data["environments"].append(env)
-    new = {(r.model, r.variant) for r in records}
-    data["records"] = [r for r in data["records"] if (r["model"], r["variant"]) not in new]
-    data["records"] += [{**asdict(r), "env": len(data["environments"]) - 1} for r in records]
+    old = {(r["model"], r["variant"]): r for r in data["records"]}
+    for rec in records:
+        prev = old.get((rec.model, rec.variant))
+        if prev is not None and abs(prev["macs_ratio"] - rec.macs_ratio) < 1e-9:
+            rec.times_ms = {**prev["times_ms"], **rec.times_ms}
+            rec.errors = {k: v for k, v in {**prev["errors"], **rec.errors}.items() if k not in rec.times_ms}
+        old[(rec.model, rec.variant)] = {**asdict(rec), "env": len(data["environments"]) - 1}
+    data["records"] = list(old.values())
+    for r in data["records"]:
+        finish(r, old.get((r["model"], "dense")))
     return data
+
+
+def finish(r: dict, dense: dict | None) -> None:
+    """Best runtime, speedup and efficiency of one record against its model's dense record."""
+    times = r["times_ms"]
+    r["best_runtime"] = min(times, key=times.get) if times else ""
+    r["best_ms"] = times.get(r["best_runtime"], float("nan"))
+    if dense is None or not dense["times_ms"] or not times or r["macs_ratio"] != r["macs_ratio"]:
+        return
+    r["speedup"] = min(dense["times_ms"].values()) / r["best_ms"]
+    r["efficiency"] = r["speedup"] * r["macs_ratio"]
+    if "eager" in times and "eager" in dense["times_ms"]:
+        r["eager_ratio"] = times["eager"] / dense["times_ms"]["eager"]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -275,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=",".join(CASES), help="comma-separated (default: %(default)s)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (CPU protocol: 2)")
+    ap.add_argument("--runtimes", default=None, help="comma-separated subset of the device's runtimes "
+                    "(default: all: cuda eager,cuda_graph,compile; cpu eager,onnxruntime)")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--fallback-flops", type=float, default=0.26)
     ap.add_argument("--out", default=str(ROOT / "results"))

@@ -7,9 +7,9 @@ True
 from .analysis import register_rule, method_key
 from .api import __version__, analyse, apply_masks, apply_plan, prune, remove_masks
 from .cost import count_flops, count_params
-from .deploy.target import Target
+from .deploy import Target, optimize
 from .export import export
-from .errors import ExportParityError, FxPruneError, PlanMismatchError, RunDirError, TraceError, UnsupportedOpError
+from .errors import DeployParityError, ExportParityError, FxPruneError, PlanMismatchError, RunDirError, TraceError, UnsupportedOpError
 from .methods import list_methods, register_method
 from .run import load, load_run_info
 from .trace import trace
@@ -17,9 +17,9 @@ from .types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, Prunin
 
 
 __all__ = [
-    "ChannelGroup", "ChannelSlot", "ExportParityError", "FxPruneError", "GroupDecision", "PlanMismatchError",
+    "ChannelGroup", "ChannelSlot", "DeployParityError", "ExportParityError", "FxPruneError", "GroupDecision", "PlanMismatchError",
     "PruneResult", "PruningPlan", "Report", "RunDirError", "Target", "TraceError", "UnsupportedOpError", "__version__",
     "analyse", "apply_masks", "apply_plan", "count_flops", "count_params", "export", "list_methods", "load",
-    "load_run_info", "method_key", "prune",
+    "load_run_info", "method_key", "optimize", "prune",
     "register_method", "register_rule", "remove_masks", "trace",
 ]

@@ -31,3 +31,7 @@ class UnknownMethodError(FxPruneError, KeyError):
 
 class RunDirError(FxPruneError):
     """A run directory is missing a file, or holds files that do not fit together (weights vs plan)."""
+
+
+class DeployParityError(ExportParityError):
+    """An optimised model (fxprune.deploy.optimize) does not compute what the original module computes."""
