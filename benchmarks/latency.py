@@ -18,9 +18,12 @@ Variants (all from the same randomly initialised dense model):
 * `fxprune`: `fxprune.prune(method="l1", flops=<tp's MACs ratio>)`, global ranking (the default).
 * `fxprune-hw`: the same with `round_to="auto"`: kept counts rounded up to the channel multiple measured to run
   well on the device.
-* `fxprune-lat`: `fxprune.prune(method="l1", latency=<tp's MACs ratio>, target=<device>)`: a latency budget
-  through the per-layer latency model; its predicted and measured latency ratios are both recorded.
-When Torch-Pruning fails on a model, the fxprune variants use `--fallback-flops` (0.26).
+* `fxprune-lat`: `fxprune.prune(method="l1", latency=<tp's measured latency ratio>, target=<device>)`: a
+  latency budget through the per-layer latency model (measured in the target's default runtime: CUDA graphs
+  on CUDA, eager on the CPU), i.e. "how many MACs can be kept at Torch-Pruning's speed"; its predicted latency
+  ratio is recorded beside the measured one.
+When Torch-Pruning fails on a model, the fxprune variants use `--fallback-flops` (0.26) and a latency budget
+of 0.5.
 
 Usage (results merge into benchmarks/results/latency-<device>.{json,md} by model and variant):
   python benchmarks/latency.py --device cuda --models resnet56,resnet50,mobilenet_v2
@@ -106,7 +109,8 @@ class Record:
     prune_s: float | None = None
     predicted_latency_ratio: float | None = None  # fxprune-lat: the latency model's prediction
     round_to: int | None = None
-    eager_ratio: float | None = None  # slim / dense latency, both in eager mode (what the latency model predicts)
+    runtime_ratios: dict[str, float] = field(default_factory=dict)  # slim / dense ms, per runtime
+    breakdown: dict[str, float] = field(default_factory=dict)  # --breakdown: GPU kernel ms by kind
     note: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -143,7 +147,7 @@ def prune_fxprune_hw(dense: nn.Module, x: torch.Tensor, ctx: dict) -> tuple[nn.M
 
 
 def prune_fxprune_lat(dense: nn.Module, x: torch.Tensor, ctx: dict) -> tuple[nn.Module, dict]:
-    res = fxprune.prune(dense, x, method="l1", latency=ctx["flops"], target=ctx["target"])
+    res = fxprune.prune(dense, x, method="l1", latency=ctx["latency"], target=ctx["target"])
     return res.model, {"predicted_latency_ratio": res.plan.achieved["latency_predicted"]}
 
 
@@ -171,14 +175,54 @@ def time_runtimes(model: nn.Module, x: torch.Tensor, device: str, runtimes: tupl
     return times, errors
 
 
+KERNEL_KINDS = (  # kernel-name fragments -> where the GPU time goes (first match wins)
+    ("matmul/conv", ("conv", "gemm", "xmma", "cutlass", "cudnn", "wgrad", "dgrad", "implicit", "sm90", "sm80")),
+    ("layout/copy", ("copy", "transpose", "nchw", "nhwc", "permute", "cat")),
+    ("elementwise/norm/pool", ("elementwise", "vectorized", "reduce", "pool", "norm", "softmax", "triton")))
+
+
+def breakdown(model: nn.Module, x: torch.Tensor, device: str) -> dict[str, float]:
+    """GPU kernel time (ms per forward) by kind and the kernel count, from torch.profiler over 10 eager
+    forwards of the optimised (BN-folded, bf16, channels_last) model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    opt = optimize(model, (x,), device=device, mode="eager", check=False)
+    xd = x.to(device)
+    for _ in range(3):
+        opt(xd)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            opt(xd)
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    kernels = 0
+    for evt in prof.key_averages():
+        if evt.device_type != torch.autograd.DeviceType.CUDA or not evt.device_time_total:
+            continue
+        name = evt.key.lower()
+        kind = next((k for k, parts in KERNEL_KINDS if any(p in name for p in parts)), "other")
+        out[kind] = out.get(kind, 0.0) + evt.device_time_total / 1e3 / 10
+        kernels += evt.count
+    out["kernels_per_forward"] = kernels / 10
+    out["gpu_busy_ms"] = sum(v for k, v in out.items() if k != "kernels_per_forward")
+    return out
+
+
 def measure(name: str, variant: str, model: nn.Module, x: torch.Tensor, args: argparse.Namespace,
             dense_macs: int, dense_params: int, extra: dict) -> Record:
     macs = fxprune.count_flops(model, x[:1])
     runtimes = tuple(args.runtimes.split(",")) if args.runtimes else RUNTIMES[args.device.split(":")[0]]
     times, errors = time_runtimes(model, x, args.device, runtimes, args.repeats, args.threads)
     best = min(times, key=times.get) if times else ""
-    return Record(name, variant, macs / dense_macs, fxprune.count_params(model) / dense_params, times, best,
-                  times.get(best, float("nan")), errors=errors, **extra)
+    rec = Record(name, variant, macs / dense_macs, fxprune.count_params(model) / dense_params, times, best,
+                 times.get(best, float("nan")), errors=errors, **extra)
+    if args.breakdown and args.device.startswith("cuda"):
+        try:
+            rec.breakdown = breakdown(model, x, args.device)
+        except Exception as err:
+            rec.errors["breakdown"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    return rec
 
 
 def run_case(name: str, args: argparse.Namespace, variants: list[str]) -> list[Record]:
@@ -190,7 +234,7 @@ def run_case(name: str, args: argparse.Namespace, variants: list[str]) -> list[R
     x_small = x[:1]  # pruning and MACs at batch 1 (the graph is the same)
     dense_macs, dense_params = fxprune.count_flops(dense, x_small), fxprune.count_params(dense)
     records = [measure(name, "dense", dense, x, args, dense_macs, dense_params, {})]
-    ctx = {"flops": args.fallback_flops,
+    ctx = {"flops": args.fallback_flops, "latency": 0.5,
            "target": fxprune.Target(args.device, threads=args.threads) if not cuda else fxprune.Target(args.device)}
     for variant in variants:
         t0 = time.perf_counter()
@@ -204,7 +248,8 @@ def run_case(name: str, args: argparse.Namespace, variants: list[str]) -> list[R
         rec = measure(name, variant, slim.eval(), x, args, dense_macs, dense_params,
                       {"prune_s": time.perf_counter() - t0, **extra})
         if variant == "tp":
-            ctx["flops"] = rec.macs_ratio  # every fxprune variant prunes to TP's MACs
+            ctx["flops"] = rec.macs_ratio  # every fxprune variant prunes to TP's MACs...
+            ctx["latency"] = min(1.0, rec.best_ms / records[0].best_ms)  # ...fxprune-lat to TP's latency
         records.append(rec)
         print(f"{name:14s} {variant:12s} macs {rec.macs_ratio:.3f} best {rec.best_runtime} {rec.best_ms:.3f} ms "
               f"{rec.times_ms} {rec.errors or ''}", flush=True)
@@ -234,6 +279,7 @@ def merge(path: Path, env: dict, records: list[Record]) -> dict:
         if prev is not None and abs(prev["macs_ratio"] - rec.macs_ratio) < 1e-9:
             rec.times_ms = {**prev["times_ms"], **rec.times_ms}
             rec.errors = {k: v for k, v in {**prev["errors"], **rec.errors}.items() if k not in rec.times_ms}
+            rec.breakdown = rec.breakdown or prev.get("breakdown", {})
         old[(rec.model, rec.variant)] = {**asdict(rec), "env": len(data["environments"]) - 1}
     data["records"] = list(old.values())
     for r in data["records"]:
@@ -250,8 +296,7 @@ def finish(r: dict, dense: dict | None) -> None:
         return
     r["speedup"] = min(dense["times_ms"].values()) / r["best_ms"]
     r["efficiency"] = r["speedup"] * r["macs_ratio"]
-    if "eager" in times and "eager" in dense["times_ms"]:
-        r["eager_ratio"] = times["eager"] / dense["times_ms"]["eager"]
+    r["runtime_ratios"] = {k: t / dense["times_ms"][k] for k, t in times.items() if k in dense["times_ms"]}
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -262,9 +307,9 @@ def _note(r: dict) -> str:
     parts = [r["note"]] if r["note"] else []
     if r.get("round_to"):
         parts.append(f"round_to {r['round_to']}")
-    if r.get("predicted_latency_ratio") is not None and r.get("eager_ratio"):
-        parts.append(f"latency model: predicted {r['predicted_latency_ratio']:.3f}, measured (eager) "
-                     f"{r['eager_ratio']:.3f}")
+    if r.get("predicted_latency_ratio") is not None:
+        parts.append(f"latency model: predicted {r['predicted_latency_ratio']:.3f}, measured "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in r.get("runtime_ratios", {}).items()))
     parts += [f"{k}: {v}" for k, v in r["errors"].items()]
     return "; ".join(parts)
 
@@ -279,6 +324,18 @@ def markdown(data: dict, device: str) -> str:
         lines.append(f"| {r['model']} | {r['variant']} | {_fmt(r['macs_ratio'], '.3f')} | "
                      f"{r['best_runtime'] or '-'} | {_fmt(r['best_ms'], '.3f')} | {_fmt(r['speedup'], '.2f')} | "
                      f"{_fmt(r['efficiency'], '.2f')} | {runtimes} | {_note(r)} |")
+    profiled = [r for r in data["records"] if r.get("breakdown")]
+    if profiled:
+        kinds = [k for k, _ in KERNEL_KINDS] + ["other"]
+        lines += ["", "Where the GPU time goes (eager, BN folded, bf16; kernel ms per forward; the gap between "
+                  "the best runtime's ms and GPU busy is launch / idle time):", "",
+                  "| model | variant | " + " | ".join(kinds) + " | GPU busy | kernels | best ms |",
+                  "|---|---|" + "---|" * (len(kinds) + 3)]
+        for r in profiled:
+            b = r["breakdown"]
+            lines.append(f"| {r['model']} | {r['variant']} | " + " | ".join(_fmt(b.get(k, 0.0), '.3f') for k in kinds)
+                         + f" | {_fmt(b['gpu_busy_ms'], '.3f')} | {b['kernels_per_forward']:.0f} | "
+                           f"{_fmt(r['best_ms'], '.3f')} |")
     lines += ["", "Environments:"] + [f"- {json.dumps(e)}" for e in data["environments"]]
     return "\n".join(lines) + "\n"
 
@@ -293,6 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runtimes", default=None, help="comma-separated subset of the device's runtimes "
                     "(default: all: cuda eager,cuda_graph,compile; cpu eager,onnxruntime)")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--breakdown", action="store_true", help="CUDA: profile where the GPU time goes")
     ap.add_argument("--fallback-flops", type=float, default=0.26)
     ap.add_argument("--out", default=str(ROOT / "results"))
     ap.add_argument("--report-only", action="store_true")

@@ -348,3 +348,15 @@ def test_cuda_auto_and_float32(resnet18: nn.Module) -> None:
     full = optimize(resnet18, X64, "cuda", torch.float32, mode="cuda_graph")
     assert full.parity.relative_error < 5e-3
     assert rel_err(full(X64).cpu(), run(resnet18, X64)) < 5e-3
+
+
+def test_cudnn_benchmark_flag_is_set_inside_calls_and_restored():
+    from fxprune.deploy.modes import Setup
+
+    before = torch.backends.cudnn.benchmark
+    setup = Setup(torch.device("cpu"), torch.float32, False, cudnn_benchmark=not before)
+    with setup.cudnn():
+        assert torch.backends.cudnn.benchmark is (not before)
+    assert torch.backends.cudnn.benchmark is before
+    optimize(nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8), "cpu", mode="eager")
+    assert torch.backends.cudnn.benchmark is before

@@ -6,6 +6,11 @@ least once on `example`, so a mode that cannot work (torch.compile without a com
 graphs cannot capture) fails there, where `optimize` catches it.
 
 * ``eager`` -- the module as it is, under ``torch.inference_mode``.
+
+On CUDA every mode runs with ``torch.backends.cudnn.benchmark`` set as `Setup.cudnn_benchmark` says (optimize:
+on by default): cuDNN then times its convolution algorithms for each new shape instead of guessing, which
+matters most for the unusual channel counts of pruned models. A CUDA graph keeps the algorithms chosen while
+it was captured.
 * ``compile`` -- ``torch.compile(module, mode=setup.compile_mode)``; compiled on the first call.
 * ``cuda_graph`` -- one forward captured in a ``torch.cuda.CUDAGraph`` on static input buffers; each call
   copies its inputs into them and replays. Valid for the captured shapes only: any other shape is a
@@ -14,9 +19,10 @@ graphs cannot capture) fails there, where `optimize` catches it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -40,6 +46,17 @@ class Setup:
     channels_last: bool
     compile_mode: str | None = None
     ort_threads: int = 2
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms for each new shape (CUDA)
+
+    @contextlib.contextmanager
+    def cudnn(self) -> Iterator[None]:
+        """torch.backends.cudnn.benchmark as this setup wants it inside; the caller's setting restored after."""
+        saved = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = saved
 
     def prepare(self, inputs: Inputs) -> Inputs:
         """`inputs` on the device; floating ones in the dtype, 4-D ones channels_last when asked.
@@ -68,7 +85,7 @@ class _Eager:
         self.fn, self.setup = fn, setup
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), self.setup.cudnn():
             return self.fn(*self.setup.prepare(inputs))
 
 
@@ -90,7 +107,7 @@ class _CudaGraph:
     graph's static buffers, so a later call never overwrites what an earlier one returned."""
 
     def __init__(self, module: nn.Module, setup: Setup, example: Inputs) -> None:
-        with torch.cuda.device(setup.device), torch.inference_mode():
+        with torch.cuda.device(setup.device), torch.inference_mode(), setup.cudnn():
             self.static_inputs = tuple(t.clone() for t in setup.prepare(example))
             side = torch.cuda.Stream(setup.device)
             side.wait_stream(torch.cuda.current_stream(setup.device))

@@ -81,7 +81,7 @@ def optimize(module: nn.Module, example_inputs: Any, device: str | torch.device 
              dtype: torch.dtype | None = None, *, mode: str = "auto", runtime: str = "torch",
              fold_bn: bool = True, channels_last: bool | None = None, check: bool = True,
              atol: float | None = None, rtol: float | None = None, warmup: int = 5, repeats: int = 20,
-             compile_mode: str | None = None, ort_threads: int = 2) -> Optimized:
+             compile_mode: str | None = None, ort_threads: int = 2, cudnn_benchmark: bool = True) -> Optimized:
     """`module` prepared for inference on `device` and run by the runtime `mode` names (see the module
     docstring for every step).
 
@@ -90,7 +90,8 @@ def optimize(module: nn.Module, example_inputs: Any, device: str | torch.device 
     dtype (float32: 1e-4 / 1e-5; bfloat16 and float16: 2e-2 / 1e-3; float32 with TF32 on CUDA: 5e-3 /
     1e-4). `compile_mode` is torch.compile's ``mode`` (None: its default; ``"max-autotune-no-cudagraphs"``
     tunes kernels, slow to compile; ``"reduce-overhead"`` adds CUDA graphs). `ort_threads` is the
-    onnxruntime session's intra-op thread count.
+    onnxruntime session's intra-op thread count. `cudnn_benchmark` (CUDA) lets cuDNN time its convolution
+    algorithms for each shape while the model runs (the global flag is set around each call and restored).
 
     >>> import torch
     >>> from torch import nn
@@ -108,7 +109,8 @@ def optimize(module: nn.Module, example_inputs: Any, device: str | torch.device 
     dtype = _resolve_dtype(dtype, dev, names)
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
-    setup = Setup(dev, dtype, _use_channels_last(channels_last, dev, inputs), compile_mode, ort_threads)
+    setup = Setup(dev, dtype, _use_channels_last(channels_last, dev, inputs), compile_mode, ort_threads,
+                  cudnn_benchmark and dev.type == "cuda")
     expected = _reference_outputs(module, inputs, dev) if check else None
     model = _prepare(module, inputs, setup, fold_bn)
     tol = _tolerances(dtype, dev, rtol, atol)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..latency import check_device, measure_latency
+from ..latency import check_device, time_callable
 
 __all__ = ["Target", "as_target", "cache_dir"]
 
@@ -33,7 +33,10 @@ class Target:
     """Where and how latency is measured.
 
     device: "cpu" or "cuda[:N]". dtype: the dtype the model runs in (default: bfloat16 on CUDA, float32 on
-    the CPU). threads: CPU threads while measuring (default: torch's setting). timer: replaces the
+    the CPU). threads: CPU threads while measuring (default: torch's setting). runtime: how the model will be
+    deployed, a mode of `fxprune.optimize` ("eager", "cuda_graph", "compile", "onnxruntime"; default:
+    "cuda_graph" on CUDA, "eager" on the CPU); every measurement runs the module as optimize() prepares it
+    for that runtime (BatchNorm folded, channels_last and bf16 on CUDA). timer: replaces the
     measurement (`timer(module, inputs) -> milliseconds`). repeats / warmup: timed and untimed passes per
     measurement. points: grid points per channel dimension of the latency table. cache: a folder for the
     measurements (True: `$FXPRUNE_CACHE/latency` or `~/.cache/fxprune/latency`; False: no cache; a custom
@@ -43,6 +46,7 @@ class Target:
     device: str = "cpu"
     dtype: torch.dtype | None = None
     threads: int | None = None
+    runtime: str | None = None
     timer: Timer | None = None
     repeats: int = 20
     warmup: int = 5
@@ -60,12 +64,21 @@ class Target:
     def run_dtype(self) -> torch.dtype:
         return self.dtype or (torch.bfloat16 if torch.device(self.device).type == "cuda" else torch.float32)
 
+    @property
+    def run_mode(self) -> str:
+        return self.runtime or ("cuda_graph" if torch.device(self.device).type == "cuda" else "eager")
+
     def time(self, module: nn.Module, inputs: tuple) -> float:
-        """Milliseconds of one forward pass of `module` on `inputs` on this target."""
+        """Milliseconds of one forward pass of `module` on `inputs` on this target (median of `repeats`)."""
         if self.timer is not None:
             return float(self.timer(module, inputs))
+        from .optimize import optimize  # deploy.optimize imports the analysis stack; import on use
+
         with self.threads_set():
-            return measure_latency(module, inputs, self.device, self.repeats, self.warmup, self.run_dtype)
+            fast = optimize(module, inputs, self.device, self.run_dtype, mode=self.run_mode, check=False,
+                            ort_threads=self.threads or 2)
+            args = tuple(t.to(self.device) for t in inputs)
+            return time_callable(lambda: fast(*args), self.device, self.repeats, self.warmup)
 
     @contextlib.contextmanager
     def threads_set(self) -> Iterator[None]:
@@ -86,7 +99,8 @@ class Target:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or
                                                                            platform.machine())
         threads = self.threads or torch.get_num_threads()
-        what = f"{dev.type}-{name}-{str(self.run_dtype).replace('torch.', '')}-t{threads}-torch{torch.__version__}"
+        what = (f"{dev.type}-{name}-{str(self.run_dtype).replace('torch.', '')}-{self.run_mode}-t{threads}-"
+                f"torch{torch.__version__}")
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in what)
 
     def cache_path(self, kind: str) -> Path | None:
