@@ -360,3 +360,11 @@ def test_cudnn_benchmark_flag_is_set_inside_calls_and_restored():
     assert torch.backends.cudnn.benchmark is before
     optimize(nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8), "cpu", mode="eager")
     assert torch.backends.cudnn.benchmark is before
+
+
+def test_timing_step_runs_the_same_computation_without_per_call_input_handling():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for mode in ("eager", "onnxruntime"):
+        fast = optimize(net, x, "cpu", mode=mode)
+        assert torch.allclose(fast.timing_step(x)(), net(x), atol=1e-5), mode

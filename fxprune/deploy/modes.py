@@ -31,7 +31,7 @@ from torch.utils._pytree import tree_map
 
 from ..latency import _cpu_timer, _cuda_timer
 
-__all__ = ["MODES", "Mode", "Setup", "median_ms"]
+__all__ = ["MODES", "Mode", "Setup", "median_ms", "timing_step"]
 
 Inputs = tuple[torch.Tensor, ...]
 Runner = Callable[..., Any]
@@ -88,6 +88,16 @@ class _Eager:
         with torch.inference_mode(), self.setup.cudnn():
             return self.fn(*self.setup.prepare(inputs))
 
+    def step(self, *inputs: torch.Tensor) -> Callable[[], Any]:
+        """The forward pass alone, on inputs prepared once (for timing: no per-call cast or copy)."""
+        with torch.inference_mode():
+            prepared = self.setup.prepare(inputs)
+
+        def run() -> Any:
+            with self.setup.cudnn():
+                return self.fn(*prepared)
+        return run
+
 
 def _build_eager(module: nn.Module, setup: Setup, example: Inputs) -> Runner:
     runner = _Eager(module, setup)
@@ -127,6 +137,14 @@ class _CudaGraph:
             self.graph.replay()
             return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, self.static_outputs)
 
+    def step(self, *inputs: torch.Tensor) -> Callable[[], Any]:
+        """The replay alone, on inputs copied in once (for timing: no per-call copy-in or output clone)."""
+        self._check(inputs)
+        with torch.inference_mode():
+            for static, t in zip(self.static_inputs, inputs):
+                static.copy_(t)
+        return self.graph.replay
+
     def _check(self, inputs: tuple[Any, ...]) -> None:
         want = [(tuple(s.shape), s.is_floating_point() or s.dtype) for s in self.static_inputs]
         got = [(tuple(t.shape), t.is_floating_point() or t.dtype) if isinstance(t, torch.Tensor) else type(t)
@@ -159,6 +177,13 @@ MODES: dict[str, Mode] = {
     "compile": Mode(_build_compile, frozenset({"cpu", "cuda"}), in_auto=True),
     "onnxruntime": Mode(_build_onnxruntime, frozenset({"cpu"}), in_auto=False),
 }
+
+
+def timing_step(runner: Runner, inputs: Inputs) -> Callable[[], Any]:
+    """A zero-argument callable running `runner`'s computation on `inputs`: the forward pass alone where the
+    runner can separate it from its per-call input handling (eager, compile, cuda_graph), else the call."""
+    step = getattr(runner, "step", None)
+    return step(*inputs) if step is not None else (lambda: runner(*inputs))
 
 
 def median_ms(runner: Runner, inputs: Inputs, device: torch.device, warmup: int, repeats: int) -> float:

@@ -21,7 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from ..errors import DeployParityError
 from ..latency import check_device
 from ..trace import as_input_tuple
 from .fold import fold_batchnorm
-from .modes import MODES, Inputs, Runner, Setup, median_ms
+from .modes import MODES, Inputs, Runner, Setup, median_ms, timing_step
 from .parity import Parity, check_parity, default_tolerances, measure_parity
 
 __all__ = ["Optimized", "optimize"]
@@ -60,6 +60,18 @@ class Optimized(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         return self._runner(*inputs)
+
+    def timing_step(self, *inputs: torch.Tensor) -> Callable[[], Any]:
+        """A zero-argument callable that runs the forward pass on `inputs` without the per-call input handling
+        (cast / memory format / copy into a CUDA graph's buffers) and output copy: what to time when the
+        compute alone matters, e.g. one layer of a latency table.
+
+        >>> import torch
+        >>> fast = optimize(torch.nn.Linear(4, 2), torch.randn(1, 4), "cpu", mode="eager")
+        >>> fast.timing_step(torch.randn(1, 4))().shape
+        torch.Size([1, 2])
+        """
+        return timing_step(self._runner, tuple(inputs))
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, device={self.device}, dtype={self.dtype}, parity={self.parity}"

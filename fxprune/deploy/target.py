@@ -77,8 +77,8 @@ class Target:
         with self.threads_set():
             fast = optimize(module, inputs, self.device, self.run_dtype, mode=self.run_mode, check=False,
                             ort_threads=self.threads or 2)
-            args = tuple(t.to(self.device) for t in inputs)
-            return time_callable(lambda: fast(*args), self.device, self.repeats, self.warmup)
+            step = fast.timing_step(*(t.to(self.device) for t in inputs))
+            return time_callable(step, self.device, self.repeats, self.warmup)
 
     @contextlib.contextmanager
     def threads_set(self) -> Iterator[None]:
