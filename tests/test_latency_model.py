@@ -18,6 +18,8 @@ from fxprune.deploy.latency_table import LatencyModel, grid_widths
 from fxprune.deploy.target import Target
 from fxprune.zoo import get_cifar_model
 
+from helpers import assert_slim_equals_masked
+
 X = torch.randn(2, 3, 32, 32)
 
 
@@ -104,7 +106,9 @@ def test_layer_measurements_are_cached_per_target(tmp_path):
 def test_round_to_auto_uses_the_measured_alignment():
     target = _target()
     assert measure_alignment(target) == 8
-    res = fxprune.prune(get_cifar_model("resnet20").eval(), X, flops=0.5, round_to="auto", target=target)
+    model = get_cifar_model("resnet20").eval()
+    res = fxprune.prune(model, X, flops=0.5, round_to="auto", target=target)
+    assert_slim_equals_masked(model, X, res)  # hardware-aware widths are ordinary plans: slim == masked
     assert res.plan.round_to == 8
     assert all(kept % 8 == 0 or kept == size for _, size, kept, _ in res.report.widths)
     assert res.report.flops_ratio <= 0.5 + 1e-6
