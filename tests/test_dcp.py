@@ -203,3 +203,52 @@ def test_masks_are_created_on_the_device_of_the_model():
     gm.to("meta")
     masks = insert_masks(gm, ga, {}, soft=True)
     assert masks and all(m.device.type == "meta" for m in masks.values())
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_dcp_search_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
+    import fxprune.methods.dcp as dcp_module
+
+    x, data = torch.randn(1, 3, 32, 32), _data(n=2)
+    opts = dict(dcp_chunk=8, seed=1, **TINY)
+
+    def model():
+        torch.manual_seed(0)
+        return resnet20().eval()
+
+    _, _, whole_keep, _, _, _ = _search(model(), x, data, Budget("flops", 0.6), **opts)
+    ckpt = tmp_path / "dcp.pt"
+    real, calls = dcp_module.greedy_group, []
+
+    def cut_short(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise _Interrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dcp_module, "greedy_group", cut_short)
+    with pytest.raises(_Interrupt):
+        _search(model(), x, data, Budget("flops", 0.6), dcp_checkpoint=str(ckpt), **opts)
+    monkeypatch.setattr(dcp_module, "greedy_group", real)
+    torch.manual_seed(123)  # other initial weights: the resumed search restores its own from the checkpoint
+    _, _, keep, _, _, _ = _search(resnet20().eval(), x, data, Budget("flops", 0.6), dcp_checkpoint=str(ckpt),
+                                  **opts)
+    assert keep == whole_keep
+    with pytest.raises(ValueError, match="belongs to another search"):
+        _search(resnet20().eval(), x, data, Budget("flops", 0.5), dcp_checkpoint=str(ckpt), **opts)
+
+
+def test_tiny_vit_random_data_meets_the_budget_and_slim_equals_masked():
+    import torchvision  # a hard dependency: never skipped
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=4, num_heads=2,
+                                             hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    gm, _, keep, plan, ratio, opts = _search(m, x, _data(n=1), Budget("flops", 0.7), dcp_chunk=64, **TINY)
+    assert ratio <= 0.7 + 1e-6 and keep and opts["dcp_points"]
+    trained = copy.deepcopy(m)
+    trained.load_state_dict(gm.state_dict())  # the head-trained, DCP-optimised weights, in the original model
+    assert_slim_equals_masked(trained.eval(), x, plan, tol=1e-4)

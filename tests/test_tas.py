@@ -227,3 +227,48 @@ def test_tas_inherit_starts_the_slim_model_from_the_search_trained_weights():
     w0, w1 = plain.model.state_dict(), inherit.model.state_dict()
     assert w0.keys() == w1.keys() and not all(torch.equal(w0[k], w1[k]) for k in w0)
     assert_slim_equals_masked(_resnet(), x, plain)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter:
+    """Batches that raise after `n` of them (an interrupted search), else yield `batches`."""
+
+    def __init__(self, batches, n):
+        self.batches, self.n = batches, n
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for i, b in enumerate(self.batches):
+            if i == self.n:
+                raise _Interrupt
+            yield b
+
+
+def test_an_interrupted_tas_search_resumes_from_its_checkpoint_to_the_same_plan(tmp_path):
+    x = torch.randn(1, 3, 32, 32)
+    data = _random_data((1, 3, 32, 32), n=4)
+    whole = _tas(_resnet(), x, data, flops=0.5, tas_epochs=3)
+    ckpt = tmp_path / "tas.pt"
+    calls = iter([_StopAfter(data, 10**9), _StopAfter(data, 2)])  # epoch 1 completes, epoch 2 is cut short
+
+    class Flaky:
+        def __len__(self):
+            return len(data)
+
+        def __iter__(self):
+            return iter(next(calls, data))
+
+    with pytest.raises(_Interrupt):
+        _tas(_resnet(), x, Flaky(), flops=0.5, tas_epochs=3, tas_checkpoint=str(ckpt))
+    assert ckpt.exists()
+    resumed = _tas(_resnet(), x, data, flops=0.5, tas_epochs=3, tas_checkpoint=str(ckpt))
+    assert [d.keep for d in resumed.plan.groups] == [d.keep for d in whole.plan.groups]
+    assert resumed.plan.method_options["tas_log"] == whole.plan.method_options["tas_log"]
+    assert resumed.plan.method_options["tas_search_s"] >= 0
+    with pytest.raises(ValueError, match="belongs to another search.*differs in: budget"):
+        _tas(_resnet(), x, data, flops=0.4, tas_epochs=3, tas_checkpoint=str(ckpt))

@@ -8,6 +8,8 @@ with the loss = the point's head CE + `dcp_lambda` x MSE(pruned vs dense outputs
 ops, the paper's reconstruction; or of the point itself with dcp_reconstruct="point").
 The number of channels each group keeps comes from one common kept fraction bisected with the cost model
 so that the whole decision meets the budget (the official code prunes every layer at the same rate).
+`dcp_checkpoint=PATH` saves the search after the head training and after every group, and resumes a saved
+one (fxprune.methods.search_state); `dcp_search_s` in the plan's method options is the search's wall time.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from ..masks import insert_masks
 from ..select import select
 from .dcp_heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_classes, train_with_heads
 from .dcp_select import Segment, greedy_group, mask_groups
-from .registry import ScoreInput, register_method
 from .calibration import batches, require_data
+from .registry import ScoreInput, register_method
+from .search_state import SearchCheckpoint
 
 DEFAULTS = {"dcp_heads": DEFAULT_HEADS, "dcp_head_epochs": 1, "dcp_lambda": 1.0, "dcp_batches": 4,
             "dcp_steps": 1, "dcp_lr": 0.01, "dcp_chunk": 1, "dcp_adaptive": False, "dcp_epsilon": 1e-3,
@@ -69,12 +72,24 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     counts = target_counts(inp, budget, cost, ignored, removed)
     points = head_points(gm, o["dcp_heads"])
     heads = make_heads(gm, points, num_classes(gm, inp.example_inputs), o["dcp_head_norm"])
-    if o["dcp_head_epochs"] > 0:
-        train_with_heads(HeadedNet(gm, points, heads), data, _train_config(inp, o))
     device = next(iter(gm.parameters())).device
-    calib = list(batches(data, o["dcp_batches"], device))
-    if not calib:
-        raise ValueError("method 'dcp' got no batches from data: the data iterable is empty.")
+    checkpoint = SearchCheckpoint(inp.options.get("dcp_checkpoint"), "dcp", {
+        "graph": ga.signature, "counts": sorted(counts.items()), "points": list(points),
+        "options": {k: v for k, v in o.items() if k != "progress"}, "removed": sorted(
+            (g, sorted(c)) for g, c in removed.items())})
+    saved = checkpoint.load()
+    if saved is None:
+        if o["dcp_head_epochs"] > 0:
+            train_with_heads(HeadedNet(gm, points, heads), data, _train_config(inp, o))
+        calib = list(batches(data, o["dcp_batches"], device))
+        if not calib:
+            raise ValueError("method 'dcp' got no batches from data: the data iterable is empty.")
+        saved = {"gm": gm.state_dict(), "heads": heads.state_dict(), "calib": [(x.cpu(), y.cpu()) for x, y in calib]}
+        checkpoint.save(saved)
+    else:  # resumed: the head-trained weights and the very calibration batches of the interrupted search
+        gm.load_state_dict(saved["gm"])
+        heads.load_state_dict(saved["heads"])
+        calib = [(x.to(device), y.to(device)) for x, y in saved["calib"]]
     # the pruned network: a copy with soft masks (all ones) at every consumer; the dense one stays as is
     pruned = copy.deepcopy(gm).eval()
     arrays: dict[str, np.ndarray] = {}
@@ -91,11 +106,18 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     trained = heads if o["dcp_head_epochs"] > 0 else None  # untrained heads would add noise, not discrimination
     segments = Segment.build(pruned, gm, points, trained, calib, mask_groups(pruned, ga, arrays, counts))
     keep: dict[int, list[int]] = {}
+    if "keep" in saved:
+        pruned.load_state_dict(saved["pruned"])
+        state[:] = saved["state"].numpy()
+        keep = {int(g): list(k) for g, k in saved["keep"]}
     total = sum(len(s.groups) for s in segments)
-    bar = tqdm(total=total, desc="dcp: channel selection", disable=not o["progress"], leave=False)
+    bar = tqdm(total=total, initial=len(keep), desc="dcp: channel selection", disable=not o["progress"],
+               leave=False)
     for seg in segments:
-        for gid in seg.groups:
+        for gid in (g for g in seg.groups if g not in keep):
             keep[gid] = greedy_group(pruned, ga, state, seg, gid, counts[gid], o, removed.get(gid, set()))
+            checkpoint.save({**saved, "pruned": pruned.state_dict(), "state": torch.as_tensor(state),
+                             "keep": [[g, k] for g, k in keep.items()]})
             bar.update(1)
     bar.close()
     optimised = dict(pruned.named_parameters())  # the slim model starts from DCP's optimised weights

@@ -7,9 +7,14 @@ search trains a gated copy of the model (fxprune.methods.gates): each forward sa
 with Gumbel-softmax and gates the channels with their probability-weighted masks; weights and width logits
 update alternately (tas_train). The result is each group's most probable width; when that architecture
 misses the FLOPs (or params) budget, every group's searched width is scaled by one common factor (found by
-bisection with the cost model) until it fits. See docs/methods/tas.md.
+bisection with the cost model) until it fits. `tas_checkpoint=PATH` saves the search after every epoch and
+resumes a saved one (fxprune.methods.search_state); `tas_search_s` in the plan's method options is the
+search's wall time. See docs/methods/tas.md.
 """
 from __future__ import annotations
+
+import dataclasses
+import time
 
 import numpy as np
 import torch
@@ -19,6 +24,7 @@ from ..select import _channel_groups, repair
 from .gates import install_gates
 from .magnitude import magnitude_scores
 from .registry import ScoreInput, register_method
+from .search_state import SearchCheckpoint
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
 from .tas_train import SearchConfig, search
 from .calibration import require_data
@@ -63,13 +69,26 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
         expected = ExpectedCost(ga, terms).to(device)
         generator = torch.Generator().manual_seed(seed)
         alpha = torch.nn.Parameter((0.01 * torch.randn(len(gids), len(fractions), generator=generator)).to(device))
-        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator)
+        checkpoint = SearchCheckpoint(inp.options.get("tas_checkpoint"), "tas", _fingerprint(
+            ga, gids, fractions, cfg, budget, seed, inp.round_to))
+        t0 = time.perf_counter()
+        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint)
+        inp.options["tas_search_s"] = round(time.perf_counter() - t0, 3)
     if inp.options.get("tas_inherit", False):
         inp.gm.load_state_dict(gated.state_dict(), strict=False)
     choice = {gid: int(k) for gid, k in zip(gids, alpha.detach().argmax(1).tolist())}
     inp.options[RESULT_KEY] = [[gid, fractions[k]] for gid, k in choice.items()]
     inp.options["tas_log"] = [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]
     return fit_budget(space, choice, lambda keep: measure(RewriteContext(ga, repair(ga, keep, {}))), target)
+
+
+def _fingerprint(ga, gids: list[int], fractions: tuple, cfg: SearchConfig, budget, seed: int,
+                 round_to: int) -> dict:
+    """What a resumed TAS search must share with the one that wrote the checkpoint."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+    return {"graph": ga.signature, "groups": list(gids), "fractions": list(fractions), "config": config,
+            "budget": [budget.kind, float(budget.value)], "seed": seed,
+            "round_to": round_to}
 
 
 def fit_budget(space: WidthSpace, choice: dict[int, int], measure, target: float) -> dict[int, list[int]]:

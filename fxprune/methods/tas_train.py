@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..train.losses import logits_of
 from .gates import ChannelGates
+from .search_state import SearchCheckpoint
 from .tas_space import ExpectedCost, WidthSpace, sample_two
 
 
@@ -64,8 +65,9 @@ def one_hot_argmax(alpha: torch.Tensor) -> torch.Tensor:
 
 def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expected: ExpectedCost,
            alpha: torch.nn.Parameter, data, target: float, fixed: float, cfg: SearchConfig,
-           generator: torch.Generator) -> list[dict]:
-    """Run the search in place (the weights of `gated`, `alpha`); returns a per-epoch log."""
+           generator: torch.Generator, checkpoint: SearchCheckpoint | None = None) -> list[dict]:
+    """Run the search in place (the weights of `gated`, `alpha`); returns a per-epoch log. With a
+    `checkpoint`, the state is saved after every epoch and a saved search continues where it stopped."""
     device = alpha.device
     weights = [p for p in gated.parameters() if p.requires_grad]
     w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -74,10 +76,13 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
     per_epoch = _batches_per_epoch(data, cfg.batches)
     total = max(cfg.epochs * per_epoch, 1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(total // 2, 1))
+    parts = {"gated": gated, "w_opt": w_opt, "a_opt": a_opt, "sched": sched}
+    log, step, start = _resume(checkpoint, parts, alpha, generator)
     gated.train()
-    log, step = [], 0
-    bar = tqdm(total=total, desc="tas search", leave=False, disable=not cfg.progress)
-    for epoch in range(cfg.epochs):
+    bar = tqdm(total=total, initial=step, desc="tas search", leave=False, disable=not cfg.progress)
+    for epoch in range(start, cfg.epochs):
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)  # the same batches whether or not the search was resumed
         sums = {"w_loss": 0.0, "a_loss": 0.0, "n_w": 0, "n_a": 0}
         for i, (x, y) in enumerate(islice(iter(data), per_epoch)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -111,9 +116,28 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
             current = float(expected(space.flat(one_hot_argmax(alpha)))) + fixed
         log.append({"epoch": epoch + 1, "weight_loss": sums["w_loss"] / max(sums["n_w"], 1),
                     "arch_loss": sums["a_loss"] / max(sums["n_a"], 1), "argmax_cost_ratio": current / target})
+        if checkpoint is not None:
+            checkpoint.save({**{k: v.state_dict() for k, v in parts.items()}, "alpha": alpha.detach().cpu(),
+                             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                             "log": log, "step": step, "epoch": epoch + 1})
     bar.close()
     gates.set(None)
     return log
+
+
+def _resume(checkpoint: SearchCheckpoint | None, parts: dict, alpha: torch.nn.Parameter,
+            generator: torch.Generator) -> tuple[list[dict], int, int]:
+    """Load a saved search into `parts`, `alpha` and the generators; (log, step, first epoch to run)."""
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        return [], 0, 0
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
+    with torch.no_grad():
+        alpha.copy_(saved["alpha"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    return list(saved["log"]), int(saved["step"]), int(saved["epoch"])
 
 
 def _batches_per_epoch(data, limit: int | None) -> int:
