@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -103,11 +104,15 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     acc = {"dense": accuracy(gm, eval_data)}
     keep, history = {}, []
     inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to)
+    search_s = time.perf_counter()
     if backend.prepare is not None:
         backend.prepare(inp)
+    search_s = time.perf_counter() - search_s
     for step, step_budget in enumerate(budgets):
         inp.keep, inp.step = keep, step
+        t0 = time.perf_counter()
         keep = decide(backend, inp, ga, step_budget, cost, round_to, ignored, scope, removed_channels(ga, keep))
+        search_s += time.perf_counter() - t0
         if step < len(budgets) - 1:
             history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
     plan = _make_plan(ga, keep, method, inp.options, budget, round_to, strict, scope or backend.scope, steps)
@@ -119,12 +124,21 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
         acc["finetuned"] = accuracy(gm, eval_data)
     report = _report(ga, plan, dense_flops, dense_params, gm)
     report.accuracy = {k: v for k, v in acc.items() if v is not None}
+    report.search = _search_cost(search_s, gm)
     plan.achieved = {"flops": report.flops_ratio, "params": report.params_ratio}
     if cost.latency_model is not None:
         plan.achieved["latency_predicted"] = cost.latency(RewriteContext(ga, keep)) / cost.latency(None)
     if deployment is not None:
         plan.budget["target"] = deployment.key() or deployment.device
     return PruneResult(gm, plan, report, history)
+
+
+def _search_cost(seconds: float, gm: fx.GraphModule) -> dict[str, Any]:
+    """The decision's wall time (method preparation + every step's scoring / search; fine-tuning between
+    rounds excluded) and, on a GPU, the GPU-minutes it held one device for."""
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    gpu = round(seconds / 60, 4) if device.type == "cuda" else None
+    return {"seconds": round(seconds, 3), "device": str(device), "gpu_minutes": gpu}
 
 
 def _deployment_target(target: Target | str | None, budget: Budget, round_to: int | str,

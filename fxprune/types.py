@@ -133,6 +133,7 @@ class Report:
     widths: list[tuple[int, int, int, str]]  # (group id, size, kept, origin)
     frozen: list[tuple[int, str]] = field(default_factory=list)  # (group id, reason)
     accuracy: dict[str, float] = field(default_factory=dict)  # "dense" / "pruned" / "finetuned" -> top-1 %
+    search: dict[str, Any] = field(default_factory=dict)  # {"seconds", "device", "gpu_minutes"} of the decision
 
     @property
     def flops_ratio(self) -> float:
@@ -157,7 +158,19 @@ class Report:
             lines.append(f"frozen group {gid}: {reason}")
         if self.accuracy:
             lines.insert(2, "accuracy " + ", ".join(f"{k} {v:.2f}%" for k, v in self.accuracy.items()))
+        if self.search:
+            lines.insert(2, f"search {search_text(self.search)}")
         return "\n".join(lines)
+
+
+def search_text(search: dict[str, Any]) -> str:
+    """'12.30 s on cuda:0 (0.205 GPU-minutes)' from a Report.search dict.
+
+    >>> search_text({"seconds": 90.0, "device": "cuda:0", "gpu_minutes": 1.5})
+    '90.00 s on cuda:0 (1.500 GPU-minutes)'
+    """
+    gpu = f" ({search['gpu_minutes']:.3f} GPU-minutes)" if search.get("gpu_minutes") is not None else ""
+    return f"{search['seconds']:.2f} s on {search['device']}{gpu}"
 
 
 @dataclass

@@ -100,6 +100,23 @@ def test_report_figures_are_real_pngs(rendered):
         _assert_png(rendered.parent / "figures" / f"{name}.png")
 
 
+def test_report_shows_the_search_cost_and_a_tas_search_figure(pruned, tmp_path):
+    import copy
+
+    res = copy.deepcopy(pruned)
+    groups = [d.id for d in res.plan.groups if len(d.keep) < d.size]
+    res.plan.method = "tas"
+    res.plan.method_options = {"tas_searched_fractions": [[g, 0.6] for g in groups],
+                               "tas_log": [[1, 1.4], [2, 1.1], [3, 0.98]]}
+    res.report.search = {"seconds": 90.0, "device": "cuda:0", "gpu_minutes": 1.5}
+    page = render_report(make_run(tmp_path / "run", res)).read_text()
+    assert "90.00 s on cuda:0 (1.500 GPU-minutes)" in page
+    assert 'src="figures/search.png"' in page
+    _assert_png(tmp_path / "run" / "figures" / "search.png")
+    assert not (tmp_path / "other").exists()
+    assert "search.png" not in render_report(make_run(tmp_path / "other", pruned)).read_text()
+
+
 def test_report_escapes_strings(pruned, tmp_path):
     evil = "<script>alert('x')</script>"
     run = make_run(tmp_path / "run", pruned, {**RUN_JSON, "model": evil, "command": '"><img src=x>'}, evil)

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from ..train.checkpoint import load_checkpoint, save_atomic
 
 __all__ = ["SearchCheckpoint"]

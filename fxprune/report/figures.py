@@ -102,10 +102,38 @@ def budget_figure(run: RunData) -> Any:
     return fig
 
 
+def search_figure(run: RunData) -> Any:
+    """A width search (TAS): each group's searched width fraction beside the kept fraction after the budget
+    fit, and the argmax architecture's cost / budget per search epoch."""
+    opts = run.plan.method_options
+    searched = opts.get("tas_searched_fractions")
+    if not searched:
+        return None
+    sizes = {d.id: (d.size, len(d.keep)) for d in run.plan.groups}
+    fig = _figure(min(max(7.0, 0.22 * len(searched) + 4), 18.0), 3.8)
+    ax, ax_log = fig.add_subplot(1, 3, (1, 2)), fig.add_subplot(1, 3, 3)
+    x = list(range(len(searched)))
+    ax.bar([i - 0.2 for i in x], [f for _, f in searched], width=0.4, color=DENSE, label="searched (argmax)")
+    ax.bar([i + 0.2 for i in x], [sizes[g][1] / sizes[g][0] for g, _ in searched], width=0.4, color=SLIM,
+           label="kept (after the budget fit)")
+    step = max(1, len(x) // 40)
+    ax.set_xticks(x[::step], [str(g) for g, _ in searched][::step], fontsize=7)
+    ax.set(xlabel="channel group", ylabel="width fraction", ylim=(0, 1.05), title="Searched widths")
+    ax.legend(fontsize=8)
+    log = opts.get("tas_log") or []
+    ax_log.plot([e for e, _ in log], [r for _, r in log], marker=".", color=SLIM)
+    ax_log.axhline(1.0, color=FROZEN, linestyle="--", linewidth=1)
+    ax_log.set(xlabel="search epoch", ylabel="argmax cost / budget", title="Search")
+    for a in (ax, ax_log):
+        a.grid(axis="y", alpha=0.3)
+    return fig
+
+
 FIGURES: dict[str, Callable[[RunData], Any]] = {  # in page order
     "budget": budget_figure,
     "accuracy": accuracy_figure,
     "widths": widths_figure,
+    "search": search_figure,
 }
 
 

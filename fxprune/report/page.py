@@ -16,6 +16,7 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
+from ..types import search_text
 from .load import RunData
 
 CSS = """
@@ -107,6 +108,8 @@ def summary(run: RunData, figures: dict[str, str]) -> str:
         rows.append([where, f"{lat['dense_ms']:.3f} ms", f"{lat['slim_ms']:.3f} ms",
                      f"{lat['slim_ms'] / lat['dense_ms']:.3f}"])
     rows += _accuracy_rows(rep.accuracy)
+    if rep.search:
+        rows.append(["search (the method's decision)", "–", search_text(rep.search), "–"])
     return "<h2>Summary</h2>" + table(["", "before (dense)", "after (slim)", "ratio / change"], rows, "lrrr")
 
 
@@ -114,6 +117,8 @@ CAPTIONS = {
     "budget": "Cost of the slim model relative to the dense one (dense = 1).",
     "widths": "Channels kept per group (blue) over the dense width (grey); frozen groups keep everything.",
     "accuracy": "Train and eval accuracy per fine-tune epoch; dotted lines separate rounds.",
+    "search": "Width search: each group's most probable width and what it kept after the budget fit; the "
+              "searched architecture's cost over the budget per epoch.",
 }
 
 
