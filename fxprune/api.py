@@ -12,6 +12,7 @@ from torch import nn
 
 from . import analysis as _analysis  # noqa: F401  (registers the op rules)
 from .analysis.analyse import GraphAnalysis, run_analysis
+from .analysis.blocks import remove_blocks
 from .cost import CostModel, count_params
 from .deploy.align import measure_alignment
 from .deploy.latency_table import LatencyModel
@@ -116,7 +117,9 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
         if step < len(budgets) - 1:
             history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
     plan = _make_plan(ga, keep, method, inp.options, budget, round_to, strict, scope or backend.scope, steps)
+    plan.skipped_blocks = [list(b) for b in inp.skipped_blocks]
     rewrite(gm, ga, keep)
+    remove_blocks(gm, plan.skipped_blocks)
     propagate_shapes(gm, _to_device_of(gm, inputs), example_kwargs or {})
     acc["pruned"] = accuracy(gm, eval_data)
     if finetune is not None:
@@ -173,15 +176,16 @@ def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, leaf
     """Rebuild the slim model of `plan` on a freshly constructed `model` (same architecture)."""
     gm, ga = _prepare(model, example_inputs, plan.strict, leaf_modules, example_kwargs, copy_model=not inplace)
     rewrite(gm, ga, _check_plan(ga, plan))
-    return gm
+    return remove_blocks(gm, plan.skipped_blocks)
 
 
 def apply_masks(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, soft: bool = False,
                 leaf_modules: Sequence[type] = (), example_kwargs: dict | None = None) -> fx.GraphModule:
-    """The same architecture with the plan's masks written into the graph (nothing removed)."""
+    """The same architecture with the plan's masks written into the graph (no channel removed; residual
+    blocks a depth search removed are removed here too, as in the slim model)."""
     gm, ga = _prepare(model, example_inputs, plan.strict, leaf_modules, example_kwargs)
     insert_masks(gm, ga, _check_plan(ga, plan), soft=soft)
-    return gm
+    return remove_blocks(gm, plan.skipped_blocks)
 
 
 def remove_masks(masked: fx.GraphModule) -> fx.GraphModule:

@@ -30,6 +30,9 @@ class CostModel:
     param_terms: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
     fixed_params: int = 0
     latency_model: Any = None  # fxprune.deploy.LatencyModel, attached for latency budgets
+    flop_nodes: list[str] = field(default_factory=list)  # the node of each flop term
+    param_names: list[str] = field(default_factory=list)  # the parameter of each param term
+    fixed_names: list[tuple[str, int]] = field(default_factory=list)  # unlabelled parameters and their sizes
 
     @classmethod
     def build(cls, gm: fx.GraphModule, ga: GraphAnalysis) -> CostModel:
@@ -46,13 +49,25 @@ class CostModel:
             flops = int(node.meta.get(META_FLOPS, 0) or 0)
             if flops:
                 model.flop_terms.append((flops, _iteration_dims(a, node, sites)))
+                model.flop_nodes.append(node.name)
         labelled = set(a.params)
         for name, p in _all_tensors(gm):
             if name in labelled:
                 model.param_terms.append((p.numel(), list(a.params[name].values())))
+                model.param_names.append(name)
             elif isinstance(p, nn.Parameter):
                 model.fixed_params += p.numel()
+                model.fixed_names.append((name, p.numel()))
         return model
+
+    def without(self, nodes: set[str], params: set[str]) -> CostModel:
+        """The cost model of the graph with `nodes` and `params` gone (removed residual blocks)."""
+        keep_f = [i for i, n in enumerate(self.flop_nodes) if n not in nodes]
+        keep_p = [i for i, n in enumerate(self.param_names) if n not in params]
+        fixed = [(n, size) for n, size in self.fixed_names if n not in params]
+        return CostModel([self.flop_terms[i] for i in keep_f], [self.param_terms[i] for i in keep_p],
+                         sum(size for _, size in fixed), self.latency_model, [self.flop_nodes[i] for i in keep_f],
+                         [self.param_names[i] for i in keep_p], fixed)
 
     def flops(self, ctx: RewriteContext | None) -> float:
         return sum(f * _fraction(ctx, arrs) for f, arrs in self.flop_terms)

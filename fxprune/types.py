@@ -87,6 +87,7 @@ class PruningPlan:
     scope: str = "global"  # how a FLOPs / params budget was spread: "global" or "local"
     steps: int = 1  # prune rounds (iterative pruning)
     achieved: dict[str, float] = field(default_factory=dict)
+    skipped_blocks: list[list[str]] = field(default_factory=list)  # residual blocks removed: [add, shortcut]
     library_version: str = ""
     format: int = PLAN_FORMAT
 

@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 import fxprune
+from fxprune.analysis.blocks import residual_blocks
 from fxprune.api import _prepare
 from fxprune.cost import CostModel
 from fxprune.masks import insert_masks
@@ -174,7 +175,9 @@ def test_tas_end_to_end_on_torchvision_models(name):
     gm, ga = _prepare(make(), (x,), True, (), None)
     cost = CostModel.build(gm, ga)
     keep = {d.id: d.keep for d in res.plan.groups}
-    assert cost.flops(RewriteContext(ga, keep)) <= 0.6 * cost.flops(None)  # the budget fxprune selects with
+    gone = {a for a, _ in res.plan.skipped_blocks}  # residual blocks the depth search removed
+    removed = {n for b in residual_blocks(gm) if b.add in gone for n in b.branch}
+    assert cost.without(removed, set()).flops(RewriteContext(ga, keep)) <= 0.6 * cost.flops(None)
     if name != "vit":  # the cost model undercounts nn.MultiheadAttention (method l1 misses there too)
         assert res.report.flops_ratio <= 0.6
     assert_slim_equals_masked(make(), x, res, tol=1e-4)
@@ -272,3 +275,70 @@ def test_an_interrupted_tas_search_resumes_from_its_checkpoint_to_the_same_plan(
     assert resumed.plan.method_options["tas_search_s"] >= 0
     with pytest.raises(ValueError, match="belongs to another search.*differs in: budget"):
         _tas(_resnet(), x, data, flops=0.4, tas_epochs=3, tas_checkpoint=str(ckpt))
+
+
+# ----------------------------------------------------------------------------- depth search
+
+
+def test_runs_of_identity_blocks_are_found_from_the_graph():
+    from fxprune.analysis.blocks import find_runs
+
+    def runs(model, shape):
+        return [len(r.blocks) for r in find_runs(fxprune.trace(model, torch.randn(*shape)))]
+
+    assert runs(_resnet(), (1, 3, 32, 32)) == [3, 2, 2]  # option-B projections start stages 2 and 3
+    assert runs(torchvision.models.mobilenet_v2(), (1, 3, 64, 64)) == [1, 2, 3, 2, 2]
+    assert runs(_vit(), (1, 3, 32, 32)) == [4]  # attention and MLP halves of 2 encoder layers
+
+
+@pytest.mark.parametrize("depths", [[1, 1, 1], [2, 1, 2], [3, 2, 2]])
+def test_depth_mix_with_one_hot_weights_equals_the_model_without_the_skipped_blocks(depths):
+    from fxprune.analysis.blocks import remove_blocks
+    from fxprune.methods.tas_depth import DepthSpace
+
+    x = torch.randn(2, 3, 32, 32)
+    gm, _ = _prepare(_resnet(), (x,), True, (), None)
+    space = DepthSpace.build(gm)
+    gated = copy.deepcopy(gm)
+    gates = space.install(gated)
+    gates.set([torch.nn.functional.one_hot(torch.tensor(d - 1), n).float() for d, n in zip(depths, space.sizes)])
+    shallow = remove_blocks(copy.deepcopy(gm), space.skipped(depths))
+    assert torch.allclose(gated(x), shallow(x), atol=1e-5)
+    gates.set(None)
+    assert torch.allclose(gated(x), gm(x), atol=1e-6)
+
+
+def test_expected_cost_of_one_hot_depths_is_the_cost_without_the_skipped_blocks():
+    from fxprune.methods.tas_depth import DepthSpace
+
+    x = torch.randn(1, 3, 32, 32)
+    gm, ga = _prepare(_resnet(), (x,), True, (), None)
+    cost = CostModel.build(gm, ga)
+    space = DepthSpace.build(gm)
+    depths = [2, 1, 2]
+    onehots = [torch.nn.functional.one_hot(torch.tensor(d - 1), n).double() for d, n in zip(depths, space.sizes)]
+    expected = ExpectedCost(ga, cost.flop_terms, space.term_blocks(gm, cost, "flops"))
+    ones = torch.ones(int(ga.offsets[-1]) + 1, dtype=torch.float64)
+    gone = {a for a, _ in space.skipped(depths)}
+    nodes = {n for run in space.runs for b in run.blocks if b.add in gone for n in b.branch}
+    assert float(expected(ones, space.active(onehots))) == pytest.approx(cost.without(nodes, set()).flops(None))
+    assert float(expected(ones, space.active(onehots))) < cost.flops(None)
+
+
+def test_tas_depth_search_removes_blocks_and_the_plan_replays():
+    from fxprune.data import cifar10_loaders
+
+    x = torch.randn(1, 3, 32, 32)
+    train, _ = cifar10_loaders(batch_size=32, train_limit=128, test_limit=10, seed=0)
+    res = _tas(_resnet(), x, train, flops=0.35, tas_epochs=2, tas_arch_lr=0.2)
+    depths = res.plan.method_options["tas_searched_depths"]
+    assert [n for _, _, n in depths] == [3, 2, 2] and all(1 <= d <= n for _, d, n in depths)
+    assert len(res.plan.skipped_blocks) == sum(n - d for _, d, n in depths) > 0
+    assert res.report.flops_ratio <= 0.35
+    assert_slim_equals_masked(_resnet(), x, res)
+    plan = fxprune.PruningPlan.from_json(res.plan.to_json())
+    assert plan.skipped_blocks == res.plan.skipped_blocks
+    slim = fxprune.apply_plan(_resnet(), x, plan)
+    assert torch.allclose(slim(x), res.model(x), atol=1e-6)
+    widths_only = _tas(_resnet(), x, train, flops=0.35, tas_epochs=2, tas_arch_lr=0.2, tas_depth=False)
+    assert widths_only.plan.skipped_blocks == [] and "tas_searched_depths" not in widths_only.plan.method_options

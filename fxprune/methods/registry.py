@@ -38,6 +38,7 @@ class ScoreInput:
     keep: dict[int, list[int]] = field(default_factory=dict)
     step: int = 0
     round_to: int = 1  # kept counts are multiples of it (search backends honour it like `select` does)
+    skipped_blocks: list[list[str]] = field(default_factory=list)  # a depth search's removed [add, shortcut]
 
 
 Scorer = Callable[[ScoreInput], dict[int, np.ndarray]]

@@ -7,7 +7,9 @@ search trains a gated copy of the model (fxprune.methods.gates): each forward sa
 with Gumbel-softmax and gates the channels with their probability-weighted masks; weights and width logits
 update alternately (tas_train). The result is each group's most probable width; when that architecture
 misses the FLOPs (or params) budget, every group's searched width is scaled by one common factor (found by
-bisection with the cost model) until it fits. `tas_checkpoint=PATH` saves the search after every epoch and
+bisection with the cost model) until it fits. Where the graph has runs of identity-shortcut residual blocks
+(fxprune.analysis.blocks), the depth of each run is searched too (tas_depth.py; `tas_depth=False` turns it
+off; FLOPs and params budgets only) and the plan removes the blocks beyond the most probable depth. `tas_checkpoint=PATH` saves the search after every epoch and
 resumes a saved one (fxprune.methods.search_state); `tas_search_s` in the plan's method options is the
 search's wall time. See docs/methods/tas.md.
 """
@@ -25,6 +27,7 @@ from .gates import install_gates
 from .magnitude import magnitude_scores
 from .registry import ScoreInput, register_method
 from .search_state import SearchCheckpoint
+from .tas_depth import DepthSearch, DepthSpace
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
 from .tas_train import SearchConfig, search
 from .calibration import require_data
@@ -66,28 +69,59 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
         gated, gates = install_gates(inp.gm, ga)
         device = next((p.device for p in gated.parameters()), torch.device("cpu"))
         terms, fixed = cost.terms(budget.kind)
-        expected = ExpectedCost(ga, terms).to(device)
         generator = torch.Generator().manual_seed(seed)
         alpha = torch.nn.Parameter((0.01 * torch.randn(len(gids), len(fractions), generator=generator)).to(device))
+        depth = _depth_search(inp, budget, gated, device, generator)
+        blocks = depth.space.term_blocks(inp.gm, cost, budget.kind) if depth is not None else None
+        expected = ExpectedCost(ga, terms, blocks).to(device)
         checkpoint = SearchCheckpoint(inp.options.get("tas_checkpoint"), "tas", _fingerprint(
-            ga, gids, fractions, cfg, budget, seed, inp.round_to))
+            ga, gids, fractions, cfg, budget, seed, inp.round_to, depth.space.sizes if depth is not None else []))
         t0 = time.perf_counter()
-        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint)
+        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint, depth)
         inp.options["tas_search_s"] = round(time.perf_counter() - t0, 3)
     if inp.options.get("tas_inherit", False):
         inp.gm.load_state_dict(gated.state_dict(), strict=False)
     choice = {gid: int(k) for gid, k in zip(gids, alpha.detach().argmax(1).tolist())}
     inp.options[RESULT_KEY] = [[gid, fractions[k]] for gid, k in choice.items()]
     inp.options["tas_log"] = [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]
+    if depth is not None:
+        measure = _record_depths(inp, depth, cost, budget.kind)
     return fit_budget(space, choice, lambda keep: measure(RewriteContext(ga, repair(ga, keep, {}))), target)
 
 
+def _depth_search(inp: ScoreInput, budget, gated, device: torch.device,
+                  generator: torch.Generator) -> DepthSearch | None:
+    """The depth side of the search, when asked for (tas_depth, default on), the budget is FLOPs or params and
+    the graph has runs of at least two identity-shortcut residual blocks."""
+    if not inp.options.get("tas_depth", True) or budget.kind not in ("flops", "params"):
+        return None
+    space = DepthSpace.build(inp.gm)
+    if not len(space):
+        return None
+    return DepthSearch(space, space.install(gated), device, generator)
+
+
+def _record_depths(inp: ScoreInput, depth: DepthSearch, cost, kind: str):
+    """Write the searched depths and the removed blocks; the cost measure of the graph without them."""
+    depths = depth.depths()
+    inp.skipped_blocks = depth.space.skipped(depths)
+    inp.options["tas_searched_depths"] = [[run.blocks[0].add, d, len(run.blocks)]
+                                          for run, d in zip(depth.space.runs, depths)]
+    gone = {a for a, _ in inp.skipped_blocks}
+    blocks = [b for run in depth.space.runs for b in run.blocks if b.add in gone]
+    nodes = {n for b in blocks for n in b.branch}
+    index = {b.add: i for i, b in enumerate(b for run in depth.space.runs for b in run.blocks)}
+    params = {name for name, i in zip(cost.param_names, depth.space.term_blocks(inp.gm, cost, "params"))
+              if i >= 0 and any(index[b.add] == i for b in blocks)}
+    return cost.without(nodes, params).measure(kind)
+
+
 def _fingerprint(ga, gids: list[int], fractions: tuple, cfg: SearchConfig, budget, seed: int,
-                 round_to: int) -> dict:
+                 round_to: int, depth: list[int]) -> dict:
     """What a resumed TAS search must share with the one that wrote the checkpoint."""
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
     return {"graph": ga.signature, "groups": list(gids), "fractions": list(fractions), "config": config,
-            "budget": [budget.kind, float(budget.value)], "seed": seed,
+            "budget": [budget.kind, float(budget.value)], "seed": seed, "depth": depth,
             "round_to": round_to}
 
 

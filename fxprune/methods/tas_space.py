@@ -97,8 +97,11 @@ def sample_two(logits: torch.Tensor, tau: float, num: int, generator: torch.Gene
 class ExpectedCost(torch.nn.Module):
     """Differentiable cost (FLOPs or params) of per-channel keep probabilities, from a CostModel's terms."""
 
-    def __init__(self, ga: GraphAnalysis, terms: list[tuple[int, list[np.ndarray]]]) -> None:
+    def __init__(self, ga: GraphAnalysis, terms: list[tuple[int, list[np.ndarray]]],
+                 term_blocks: list[int] | None = None) -> None:
         super().__init__()
+        blocks = torch.as_tensor(term_blocks if term_blocks is not None else [-1] * len(terms), dtype=torch.long)
+        self.register_buffer("blocks", blocks, persistent=False)  # the residual block holding a term, or -1
         arrays: dict[int, int] = {}
         index_of_arr: list[torch.Tensor] = []
         rows = []
@@ -121,12 +124,17 @@ class ExpectedCost(torch.nn.Module):
         self.register_buffer("counts", torch.as_tensor([float(n) for n, _ in terms], dtype=torch.float64),
                              persistent=False)
 
-    def forward(self, flat: torch.Tensor) -> torch.Tensor:
-        """`flat`: keep probability of every channel plus the trailing 1 (see `flat_gates`)."""
+    def forward(self, flat: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """`flat`: keep probability of every channel plus the trailing 1 (see `flat_gates`); `active`: the
+        probability that each residual block of the depth search is present (terms outside blocks: 1)."""
         flat = flat.double()
         if any(idx is not None and idx.device != flat.device for idx in self.positions):
             self.positions = [None if idx is None else idx.to(flat.device) for idx in self.positions]
         fracs = [flat[idx].prod(1).mean() if idx is not None else flat.new_ones(()) for idx in self.positions]
         fracs.append(flat.new_ones(()))
         per_term = torch.stack(fracs)[self.table.to(flat.device)].prod(1)
+        if active is not None and len(active):
+            present = torch.cat([active.to(flat), flat.new_ones(1)])
+            blocks = self.blocks.to(flat.device)
+            per_term = per_term * present[torch.where(blocks < 0, len(active), blocks)]
         return (per_term * self.counts.to(flat.device)).sum()

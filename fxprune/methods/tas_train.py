@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..train.losses import logits_of
 from .gates import ChannelGates
 from .search_state import SearchCheckpoint
+from .tas_depth import DepthSearch
 from .tas_space import ExpectedCost, WidthSpace, sample_two
 
 
@@ -65,19 +66,21 @@ def one_hot_argmax(alpha: torch.Tensor) -> torch.Tensor:
 
 def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expected: ExpectedCost,
            alpha: torch.nn.Parameter, data, target: float, fixed: float, cfg: SearchConfig,
-           generator: torch.Generator, checkpoint: SearchCheckpoint | None = None) -> list[dict]:
+           generator: torch.Generator, checkpoint: SearchCheckpoint | None = None,
+           depth: DepthSearch | None = None) -> list[dict]:
     """Run the search in place (the weights of `gated`, `alpha`); returns a per-epoch log. With a
     `checkpoint`, the state is saved after every epoch and a saved search continues where it stopped."""
     device = alpha.device
     weights = [p for p in gated.parameters() if p.requires_grad]
     w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                             nesterov=cfg.momentum > 0)
-    a_opt = torch.optim.Adam([alpha], lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
+    arch = [alpha] + (depth.betas if depth is not None else [])
+    a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
     per_epoch = _batches_per_epoch(data, cfg.batches)
     total = max(cfg.epochs * per_epoch, 1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(total // 2, 1))
     parts = {"gated": gated, "w_opt": w_opt, "a_opt": a_opt, "sched": sched}
-    log, step, start = _resume(checkpoint, parts, alpha, generator)
+    log, step, start = _resume(checkpoint, parts, arch, generator)
     gated.train()
     bar = tqdm(total=total, initial=step, desc="tas search", leave=False, disable=not cfg.progress)
     for epoch in range(start, cfg.epochs):
@@ -89,6 +92,8 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
             tau = tau_at(cfg, step / max(total - 1, 1))
             if i % 2 == 0:
                 gates.set(space.flat(sample_two(alpha.detach(), tau, cfg.samples, generator)))
+                if depth is not None:
+                    depth.sample(tau, cfg.samples, generator, grad=False)
                 loss = F.cross_entropy(logits_of(gated(x)).float(), y)
                 w_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -98,10 +103,12 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
                 sums["n_w"] += 1
             else:
                 gates.set(space.flat(sample_two(alpha, tau, cfg.samples, generator)))
+                if depth is not None:
+                    depth.sample(tau, cfg.samples, generator, grad=True)
                 ce = F.cross_entropy(logits_of(gated(x)).float(), y)
-                exp_cost = expected(space.flat(F.softmax(alpha, dim=1))) + fixed
+                exp_cost = expected(space.flat(F.softmax(alpha, dim=1)), _active(depth, argmax=False)) + fixed
                 with torch.no_grad():
-                    current = float(expected(space.flat(one_hot_argmax(alpha)))) + fixed
+                    current = _argmax_cost(expected, space, alpha, depth) + fixed
                 loss = ce + cfg.flops_weight * cost_loss(exp_cost, current, target, cfg.tolerance)
                 a_opt.zero_grad(set_to_none=True)
                 w_opt.zero_grad(set_to_none=True)
@@ -113,28 +120,44 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
             bar.update(1)
             bar.set_postfix(tau=f"{tau:.2f}")
         with torch.no_grad():
-            current = float(expected(space.flat(one_hot_argmax(alpha)))) + fixed
+            current = _argmax_cost(expected, space, alpha, depth) + fixed
         log.append({"epoch": epoch + 1, "weight_loss": sums["w_loss"] / max(sums["n_w"], 1),
                     "arch_loss": sums["a_loss"] / max(sums["n_a"], 1), "argmax_cost_ratio": current / target})
         if checkpoint is not None:
-            checkpoint.save({**{k: v.state_dict() for k, v in parts.items()}, "alpha": alpha.detach().cpu(),
+            checkpoint.save({**{k: v.state_dict() for k, v in parts.items()},
+                             "arch": [a.detach().cpu() for a in arch],
                              "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                              "log": log, "step": step, "epoch": epoch + 1})
     bar.close()
     gates.set(None)
+    if depth is not None:
+        depth.gates.set(None)
     return log
 
 
-def _resume(checkpoint: SearchCheckpoint | None, parts: dict, alpha: torch.nn.Parameter,
+def _active(depth: DepthSearch | None, argmax: bool) -> torch.Tensor | None:
+    if depth is None:
+        return None
+    return depth.argmax_active() if argmax else depth.expected_active()
+
+
+def _argmax_cost(expected: ExpectedCost, space: WidthSpace, alpha: torch.Tensor, depth: DepthSearch | None) -> float:
+    """The cost of the most probable architecture (widths and depths)."""
+    return float(expected(space.flat(one_hot_argmax(alpha)), _active(depth, argmax=True)))
+
+
+def _resume(checkpoint: SearchCheckpoint | None, parts: dict, arch: list[torch.nn.Parameter],
             generator: torch.Generator) -> tuple[list[dict], int, int]:
-    """Load a saved search into `parts`, `alpha` and the generators; (log, step, first epoch to run)."""
+    """Load a saved search into `parts`, the architecture parameters and the generators; (log, step, first
+    epoch to run)."""
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is None:
         return [], 0, 0
     for name, part in parts.items():
         part.load_state_dict(saved[name])
     with torch.no_grad():
-        alpha.copy_(saved["alpha"])
+        for a, v in zip(arch, saved["arch"]):
+            a.copy_(v)
     generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     return list(saved["log"]), int(saved["step"]), int(saved["epoch"])
