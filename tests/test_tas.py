@@ -342,3 +342,19 @@ def test_tas_depth_search_removes_blocks_and_the_plan_replays():
     assert torch.allclose(slim(x), res.model(x), atol=1e-6)
     widths_only = _tas(_resnet(), x, train, flops=0.35, tas_epochs=2, tas_arch_lr=0.2, tas_depth=False)
     assert widths_only.plan.skipped_blocks == [] and "tas_searched_depths" not in widths_only.plan.method_options
+
+
+def test_removing_blocks_keeps_the_slim_model_trainable_with_in_place_activations():
+    """ReLU(inplace=True) after a removed block's add would write into the shortcut tensor autograd needs."""
+    from fxprune.analysis.blocks import find_runs, remove_blocks
+
+    x = torch.randn(2, 3, 32, 32)
+    for model in (_resnet(), torchvision.models.resnet18(num_classes=10)):
+        gm = fxprune.trace(model, x)
+        skipped = [[b.add, b.shortcut] for run in find_runs(gm) for b in run.blocks[1:]]
+        assert skipped
+        reference = copy.deepcopy(gm).eval()
+        slim = remove_blocks(gm, skipped).train()
+        slim(x).square().sum().backward()  # raised "modified by an inplace operation" before
+        assert all(p.grad is not None for p in slim.parameters() if p.requires_grad)
+        assert not torch.allclose(slim.eval()(x), reference(x))  # something was removed

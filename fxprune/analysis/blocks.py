@@ -135,6 +135,23 @@ def find_runs(gm: fx.GraphModule, min_blocks: int = 1) -> list[BlockRun]:
     return [BlockRun(tuple(b for b, _ in r), tuple(p for _, p in r)) for r in runs if len(r) >= min_blocks]
 
 
+INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
+
+
+def _out_of_place(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Make `node` compute out of place (ReLU(inplace=True), F.relu(..., inplace=True), x.relu_(), x += y)."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if getattr(module, "inplace", False):
+            module.inplace = False  # shared call sites only lose the in-place saving
+    elif node.op == "call_function":
+        if node.kwargs.get("inplace"):
+            node.kwargs = {**node.kwargs, "inplace": False}
+        node.target = INPLACE_FUNCTIONS.get(node.target, node.target)
+    elif node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
+        node.target = node.target[:-1]
+
+
 def remove_blocks(gm: fx.GraphModule, skipped: list[list[str]]) -> fx.GraphModule:
     """Replace each [add, shortcut] pair's add by its shortcut, drop the dead branch and unused modules."""
     if not skipped:
@@ -145,8 +162,11 @@ def remove_blocks(gm: fx.GraphModule, skipped: list[list[str]]) -> fx.GraphModul
         if add is None or shortcut is None or shortcut not in add.args:
             raise ValueError(f"cannot remove the residual block at '{add_name}' (shortcut '{shortcut_name}'): "
                              f"the graph has no such add of that input. The plan was made for another graph.")
+        users = list(add.users)
         add.replace_all_uses_with(shortcut)
         gm.graph.erase_node(add)
+        for user in users:  # an in-place op on the add's fresh output would now write into the shortcut
+            _out_of_place(gm, user)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
