@@ -21,7 +21,8 @@ def _bench_module():
     return mod
 
 
-SMOKE_RUNS = ("l1", "l2", "fpgm", "taylor", "slimming", "random", "tas", "dcp", "l1+kd", "tp-l1", "uniform-scratch")
+SMOKE_RUNS = ("l1", "l2", "fpgm", "taylor", "slimming", "random", "tas", "dcp", "metapruning", "l1+kd", "tp-l1",
+              "uniform-scratch")
 
 
 @pytest.fixture(scope="module")

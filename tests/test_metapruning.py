@@ -1,0 +1,176 @@
+"""MetaPruning: the evolutionary search, the generated PruningNet, and the method end to end on CPU (a ResNet-20
+on the vendored CIFAR-10 subset, a MobileNetV3-small on random data), checked against the cost model, the
+masked model and the PruningNet's own scores."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import fxprune
+from fxprune.api import _make_plan, _prepare
+from fxprune.cost import CostModel
+from fxprune.methods import get_method
+from fxprune.methods.evolution import EvolutionConfig, evolve
+from fxprune.methods.registry import ScoreInput
+from fxprune.rewrite.context import RewriteContext
+from fxprune.select import Budget, repair
+from fxprune.zoo import resnet20
+
+from helpers import assert_slim_equals_masked
+
+SMALL = dict(metapruning_population=6, metapruning_parents=2, metapruning_mutations=3, metapruning_crossovers=3,
+             metapruning_iterations=2, metapruning_calib_batches=2, metapruning_val_batches=2, progress=False)
+X = torch.randn(1, 3, 32, 32)
+
+
+def _data(n=6, bs=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, 3, 32, 32, generator=gen), torch.randint(0, 10, (bs,), generator=gen)) for _ in range(n)]
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return resnet20().eval()
+
+
+def _search(model, x, data, budget, **options):
+    gm, ga = _prepare(model, (x,), True, (), None)
+    cost = CostModel.build(gm, ga)
+    inp = ScoreInput(gm, ga, (x,), {**SMALL, **options}, data)
+    keep = repair(ga, get_method("metapruning").search(inp, budget, cost, set()), {})
+    plan = _make_plan(ga, keep, "metapruning", inp.options, budget, 1, True, "global", 1)
+    return gm, ga, cost, keep, plan, inp.options
+
+
+def test_evolution_evaluates_only_candidates_inside_the_window_and_is_seeded():
+    seen = []
+
+    def value(c):
+        return -abs(sum(c) - 10) + 0.01 * c[0]
+
+    def fitness(c):
+        seen.append(c)
+        return value(c)
+
+    def fits(c):
+        return 6 <= sum(c) <= 14
+
+    cfg = EvolutionConfig(population=10, parents=3, mutations=5, crossovers=5, iterations=4, seed=3, progress=False)
+    best, score, log = evolve([6, 6, 6], fits, fitness, cfg)
+    assert all(fits(c) for c in seen) and len(seen) == len(set(seen))  # each candidate scored once
+    assert score == max(value(c) for c in seen) and best in seen
+    assert [r["best"] for r in log] == sorted(r["best"] for r in log)  # parents survive: never worse
+    assert evolve([6, 6, 6], fits, fitness, cfg)[0] == best
+    with pytest.raises(ValueError, match="no candidate inside the budget window"):
+        evolve([2, 2], lambda c: False, fitness, EvolutionConfig(population=2, parents=1, max_tries=5))
+
+
+def test_resnet20_meets_the_window_and_the_slim_model_scores_what_the_pruningnet_scored():
+    data = _data()
+    gm, ga, cost, keep, plan, opts = _search(_resnet(), X, data, Budget("flops", 0.5))
+    ratio = cost.flops(RewriteContext(ga, keep)) / cost.flops(None)
+    assert 0.45 - 1e-6 <= ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["metapruning_cost_ratio"], abs=1e-4)
+    assert len(opts["metapruning_searched_fractions"]) == len(opts["metapruning_searched_fractions"]) > 10
+    assert len(opts["metapruning_log"]) == 2 and opts["metapruning_search_s"] > 0
+    slim, _ = assert_slim_equals_masked(gm.eval(), X, plan)
+    correct, loss, n = 0, 0.0, 0
+    with torch.no_grad():  # the held-out batches are those after the 2 calibration batches
+        for x, y in data[2:4]:
+            logits = slim(x)
+            correct, n = correct + int((logits.argmax(1) == y).sum()), n + len(y)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    assert correct / n - 1e-6 * loss / n == pytest.approx(opts["metapruning_best_accuracy"], abs=1e-4)
+
+
+def test_prune_with_metapruning_on_the_cifar_subset_is_deterministic_and_replays():
+    from fxprune.data import cifar10_loaders
+
+    runs = []
+    for _ in range(2):
+        train, _ = cifar10_loaders(batch_size=32, train_limit=192, test_limit=10, seed=0)
+        runs.append(fxprune.prune(_resnet(), X, method="metapruning", flops=0.5, data=train, device="cpu", **SMALL))
+    res = runs[0]
+    assert res.report.flops_ratio <= 0.5
+    assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
+    assert fxprune.PruningPlan.from_json(res.plan.to_json()).method_options == res.plan.method_options
+    kept = [d.keep for d in res.plan.groups if len(d.keep) < d.size]
+    assert kept and all(k == list(range(len(k))) for k in kept)  # MetaPruning keeps each layer's first channels
+
+
+def test_mobilenet_v3_small_random_data_meets_the_budget_and_slim_equals_masked():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    gm, ga, cost, keep, plan, _ = _search(model, x, _data(n=5), Budget("params", 0.6))
+    assert cost.params(RewriteContext(ga, keep)) <= 0.6 * cost.params(None) + 1e-6
+    assert_slim_equals_masked(gm.eval(), x, plan, tol=1e-4)
+
+
+def test_scratch_init_re_initialises_and_the_generated_init_does_not_keep_the_dense_weights():
+    data = _data()
+    dense = _resnet()
+    scratch = fxprune.prune(dense, X, method="metapruning", flops=0.5, data=data, device="cpu",
+                            metapruning_init="scratch", **SMALL)
+    generated = fxprune.prune(dense, X, method="metapruning", flops=0.5, data=data, device="cpu", **SMALL)
+    assert [d.keep for d in scratch.plan.groups] == [d.keep for d in generated.plan.groups]
+    w_s, w_g = scratch.model.conv1.weight, generated.model.conv1.weight
+    w_d = dense.conv1.weight[:w_s.shape[0]]
+    assert not torch.allclose(w_s, w_g) and not torch.allclose(w_g, w_d)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_pruningnet_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import fxprune.methods.metapruning as mp
+
+    data, ckpt = _data(), tmp_path / "mp.pt"
+    whole = _search(_resnet(), X, data, Budget("flops", 0.5), metapruning_epochs=2)[3]
+    real, calls = mp.evolve, []
+
+    def stop(*args, **kwargs):  # interrupted after the PruningNet training, before the search ends
+        calls.append(1)
+        raise _Interrupt
+
+    monkeypatch.setattr(mp, "evolve", stop)
+    with pytest.raises(_Interrupt):
+        _search(_resnet(), X, data, Budget("flops", 0.5), metapruning_epochs=2, metapruning_checkpoint=str(ckpt))
+    monkeypatch.setattr(mp, "evolve", real)
+    torch.manual_seed(7)
+    resumed = _search(resnet20().eval(), X, data, Budget("flops", 0.5), metapruning_epochs=2,
+                      metapruning_checkpoint=str(ckpt))[3]
+    assert resumed == whole
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ratio": 0.5}, "not ratio="),
+    ({"flops": 0.5, "metapruning_init": "pretrained"}, "metapruning_init="),
+    ({"flops": 0.5, "metapruning_window": 1.5}, "metapruning_window="),
+])
+def test_bad_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fxprune.prune(_resnet(), X, method="metapruning", data=_data(n=2), device="cpu", **{**SMALL, **kwargs})
+    with pytest.raises(ValueError, match="needs training data"):
+        fxprune.prune(_resnet(), X, method="metapruning", flops=0.5)
+
+
+def test_pruningnet_parts_move_with_the_network():
+    """Generators, per-width norms and the width state are built on the CPU; for a model on CUDA they must be
+    registered parts of the network, so that `.to()` moves them (a dtype change stands in for the device)."""
+    from fxprune.methods.pruningnet import PruningNet
+    from fxprune.methods.tas_space import WidthSpace
+    from fxprune.select import _channel_groups
+    import numpy as np
+
+    gm, ga = _prepare(_resnet(), (X,), True, (), None)
+    gids = _channel_groups(ga, set())
+    space = WidthSpace.build(ga, gids, {g.id: -np.arange(g.size, dtype=float) for g in ga.groups}, (0.5, 1.0))
+    pnet = PruningNet(gm, ga, space)
+    pnet.net.to(torch.float64)
+    assert pnet.generated and pnet.norms
+    floats = [t for t in (*pnet.net.parameters(), *pnet.net.buffers()) if t.is_floating_point()]
+    assert {t.dtype for t in floats} == {torch.float64}
+    assert pnet.state.ratios.dtype == torch.float64 and pnet.generated_weights()
