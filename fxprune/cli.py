@@ -111,12 +111,9 @@ def parse_round_to(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--round-to takes a positive integer or 'auto', got {text!r}")
-    return value
+        return cli_runs.positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--round-to takes a positive integer or 'auto', got {text!r}") from None
 
 
 def _cifar10_data(path: str):

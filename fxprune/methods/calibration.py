@@ -1,4 +1,5 @@
-"""Data for data-driven backends: the "needs data" error and the first calibration batches of `data`."""
+"""Data for data-driven backends: the "needs data" error, the first calibration batches of `data`, batches
+per epoch; and the budget checks every searching backend (TAS, MetaPruning) shares."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -20,3 +21,24 @@ def batches(data: Iterable, n: int, device: torch.device) -> Iterator[tuple[torc
     """The first `n` (inputs, targets) batches of `data`, moved to `device`."""
     for x, y in islice(iter(data), n):
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def batches_per_epoch(data: Iterable, limit: int | None, method: str, option: str) -> int:
+    """len(data), at most `limit`; `limit` itself when `data` has no len() (else a clear error)."""
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        if limit is None:
+            raise ValueError(f"method '{method}' needs the number of batches per epoch: the data iterable has no "
+                             f"len(); pass {option}=<batches per epoch>.") from None
+        return int(limit)
+    return n if limit is None else min(n, int(limit))
+
+
+def require_cost_budget(inp: ScoreInput, budget, method: str) -> None:
+    """Searching backends need a FLOPs / params / latency budget and search once (no iterative steps)."""
+    if budget.kind == "ratio":
+        raise ValueError(f"method '{method}' searches widths against a FLOPs, params or latency budget: pass "
+                         f"flops=, params= or latency= (a fraction of the dense model's cost), not ratio=.")
+    if inp.step > 0:
+        raise ValueError(f"method '{method}' searches once: use steps=1.")

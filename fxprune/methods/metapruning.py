@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
 from ..train.losses import logits_of
-from .calibration import batches, require_data
+from .calibration import batches, batches_per_epoch, require_cost_budget, require_data
 from .evolution import EvolutionConfig, evolve
 from .pruningnet import PruningNet
 from .registry import ScoreInput, register_method
@@ -70,7 +70,7 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
     params = [p for p in pnet.net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=float(o["metapruning_lr"]), momentum=float(o["metapruning_momentum"]),
                           weight_decay=float(o["metapruning_weight_decay"]))
-    per_epoch = _batches(data, o["metapruning_batches"])
+    per_epoch = batches_per_epoch(data, o["metapruning_batches"], "metapruning", "metapruning_batches")
     epochs = int(o["metapruning_epochs"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * per_epoch, 1))
     parts = {"net": pnet.net, "opt": opt, "sched": sched}
@@ -106,17 +106,6 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
     return log
 
 
-def _batches(data, limit) -> int:
-    try:
-        n = len(data)
-    except TypeError:
-        if limit is None:
-            raise ValueError("method 'metapruning' needs the number of batches per epoch: the data iterable has "
-                             "no len(); pass metapruning_batches=<batches per epoch>.") from None
-        return int(limit)
-    return n if limit is None else min(n, int(limit))
-
-
 def _accuracy(net: nn.Module, val: list) -> float:
     correct, loss, n = 0, 0.0, 0
     with torch.no_grad():
@@ -131,11 +120,7 @@ def _accuracy(net: nn.Module, val: list) -> float:
 def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
     t0 = time.perf_counter()
     data = require_data(inp, "metapruning", "the PruningNet is trained and candidates are scored on batches")
-    if budget.kind == "ratio":
-        raise ValueError("method 'metapruning' searches widths inside a cost window: pass flops=, params= or "
-                         "latency=, not ratio=.")
-    if inp.step > 0:
-        raise ValueError("method 'metapruning' searches once: use steps=1.")
+    require_cost_budget(inp, budget, "metapruning")
     o = options_of(inp)
     ga = inp.ga
     fractions = tuple(float(f) for f in inp.options.get("metapruning_fractions", FRACTIONS))

@@ -30,7 +30,7 @@ from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch, DepthSpace
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
 from .tas_train import SearchConfig, search
-from .calibration import require_data
+from .calibration import require_cost_budget, require_data
 
 RESULT_KEY = "tas_searched_fractions"  # [[group id, searched fraction], ...] recorded in plan.method_options
 
@@ -49,11 +49,7 @@ def search_config(options: dict) -> SearchConfig:
 
 def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[int]]:
     data = require_data(inp, "tas", "the width distributions and the weights are trained on batches")
-    if budget.kind == "ratio":
-        raise ValueError("method 'tas' searches widths against a FLOPs, params or latency budget: pass flops=, "
-                         "params= or latency= (a fraction of the dense model's cost), not ratio=.")
-    if inp.step > 0:
-        raise ValueError("method 'tas' searches once: use steps=1.")
+    require_cost_budget(inp, budget, "tas")
     cfg = search_config(inp.options)
     ga = inp.ga
     gids = _channel_groups(ga, ignored)

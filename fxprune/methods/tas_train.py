@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..train.losses import logits_of
+from .calibration import batches_per_epoch
 from .gates import ChannelGates
 from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch
@@ -76,7 +77,7 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
                             nesterov=cfg.momentum > 0)
     arch = [alpha] + (depth.betas if depth is not None else [])
     a_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=cfg.arch_weight_decay)
-    per_epoch = _batches_per_epoch(data, cfg.batches)
+    per_epoch = batches_per_epoch(data, cfg.batches, "tas", "tas_batches")
     total = max(cfg.epochs * per_epoch, 1)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=max(total // 2, 1))
     parts = {"gated": gated, "w_opt": w_opt, "a_opt": a_opt, "sched": sched}
@@ -161,14 +162,3 @@ def _resume(checkpoint: SearchCheckpoint | None, parts: dict, arch: list[torch.n
     generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     return list(saved["log"]), int(saved["step"]), int(saved["epoch"])
-
-
-def _batches_per_epoch(data, limit: int | None) -> int:
-    try:
-        n = len(data)
-    except TypeError:
-        if limit is None:
-            raise ValueError("method 'tas' needs to know the number of batches per epoch: the data iterable has "
-                             "no len(); pass tas_batches=<batches per epoch>.") from None
-        return int(limit)
-    return n if limit is None else min(n, int(limit))
