@@ -425,6 +425,54 @@ def ratio_case(ratio: float, seed: int, weight_seed: int, spec) -> None:
     _event("channels removed" if removed else "nothing removed")
 
 
+@settings(max_examples=3 * N_ONNX)  # about 40% of the random architectures have an identity residual block
+@given(ratio=RATIOS, seed=st.integers(0, 2**16), weight_seed=st.integers(0, 2**16), spec=specs(),
+       pick=st.integers(0, 2**16))
+def test_removed_residual_blocks(ratio, seed, weight_seed, spec, pick):
+    """A plan that also removes residual blocks (TAS's depth search): removing a block is zeroing its branch
+    (checked on the dense graph, independently of remove_blocks), the slim model equals the masked model,
+    and the slim model still trains (no in-place op writes into a shortcut autograd needs)."""
+    import dataclasses
+    import random
+
+    from fxprune.analysis.blocks import remove_blocks, residual_blocks
+
+    model, inputs = build(spec, weight_seed)
+    x = inputs[0]
+    gm = fxprune.trace(model, x)
+    blocks = residual_blocks(gm)
+    if not blocks:
+        _event("no identity residual block")
+        return
+    rng = random.Random(pick)
+    chosen = [b for b in blocks if rng.random() < 0.5] or [rng.choice(blocks)]
+    skipped = [[b.add, b.shortcut] for b in chosen]
+    _event(f"{len(skipped)} of {len(blocks)} blocks removed")
+
+    zeroed = copy.deepcopy(gm)  # the oracle: each removed block's branch output multiplied by 0
+    nodes = {n.name: n for n in zeroed.graph.nodes}
+    for add_name, shortcut in skipped:
+        add = nodes[add_name]
+        branch = next(a for a in add.args if a.name != shortcut)
+        with zeroed.graph.inserting_before(add):
+            zero = zeroed.graph.call_function(torch.mul, (branch, 0.0))
+        add.replace_input_with(branch, zero)
+    zeroed.recompile()
+    removed = remove_blocks(copy.deepcopy(gm), skipped)
+    with torch.no_grad():
+        for t in inputs:
+            assert rel_err(removed(t), zeroed(t)) <= REBUILD_RTOL
+
+    plan = dataclasses.replace(fxprune.prune(model, x, method="random", ratio=ratio, seed=seed).plan,
+                               skipped_blocks=skipped)
+    plan = PruningPlan.from_json(plan.to_json())
+    slim, masked = fxprune.apply_plan(model, x, plan), fxprune.apply_masks(model, x, plan)
+    with torch.no_grad():
+        for t in inputs:
+            assert rel_err(slim(t), masked(t)) <= SLIM_VS_MASKED_RTOL
+    slim.train()(x).square().sum().backward()
+
+
 def _at_strict_minimum(model: nn.Module, x: torch.Tensor, plan: PruningPlan) -> bool:
     """Whether every prunable group of `plan` keeps max(1, #frozen) channels."""
     groups = fxprune.analyse(model, x)
