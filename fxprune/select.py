@@ -170,7 +170,7 @@ def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.n
         for arr in empty:
             pos, chan = ga.channel_positions(arr[:1])
             for c in chan.tolist():
-                gid = int(np.searchsorted(ga.offsets, c, side="right") - 1)
+                gid = ga.group_of(c)
                 i = c - int(ga.offsets[gid])
                 if gid in keep and i not in keep[gid]:
                     keep[gid] = sorted(keep[gid] + [i])

@@ -96,6 +96,11 @@ class GraphAnalysis:
         out[valid] = alive
         return out
 
+    def group_of(self, channels: np.ndarray | int) -> np.ndarray | int:
+        """The group id of global channel id(s) (as `channel_positions` returns them)."""
+        gid = np.searchsorted(self.offsets, channels, side="right") - 1
+        return int(gid) if np.ndim(gid) == 0 else gid
+
     def channel_positions(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position, global channel id) pairs: every free root each position is made of."""
         valid = np.nonzero(arr >= 0)[0]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..latency import _cpu_timer, _cuda_timer
+from ..latency import time_callable
 
 __all__ = ["MODES", "Mode", "Setup", "median_ms", "timing_step"]
 
@@ -188,10 +187,5 @@ def timing_step(runner: Runner, inputs: Inputs) -> Callable[[], Any]:
 
 def median_ms(runner: Runner, inputs: Inputs, device: torch.device, warmup: int, repeats: int) -> float:
     """Median milliseconds of ``runner(*inputs)`` over `repeats` timed calls after `warmup` untimed ones
-    (CUDA events on a GPU, perf_counter on the CPU: fxprune.latency's timers)."""
-    for _ in range(warmup):
-        runner(*inputs)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return statistics.median(_cuda_timer(lambda: runner(*inputs)) for _ in range(repeats))
-    return statistics.median(_cpu_timer(lambda: runner(*inputs)) for _ in range(repeats))
+    (fxprune.latency.time_callable: CUDA events on a GPU, perf_counter on the CPU)."""
+    return time_callable(lambda: runner(*inputs), device, repeats, warmup)

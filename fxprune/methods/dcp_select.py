@@ -53,7 +53,7 @@ def mask_groups(pruned: fx.GraphModule, ga: GraphAnalysis, arrays: dict, counts:
     group_masks: dict[int, list[str]] = {}
     consumers: dict[int, list[str]] = {}
     for name, (pos, chan) in pairs.items():
-        gids = np.unique(np.searchsorted(ga.offsets, chan, side="right") - 1)
+        gids = np.unique(ga.group_of(chan))
         for gid in gids.tolist():
             if gid in counts:
                 last_use[gid] = max(last_use.get(gid, -1), where[name])

@@ -112,7 +112,7 @@ class PruningNet:
         if arr is None or not len(arr):
             return None
         _, chan = ga.channel_positions(arr[:1])
-        return int(np.searchsorted(ga.offsets, chan[0], side="right") - 1) if len(chan) else None
+        return ga.group_of(int(chan[0])) if len(chan) else None
 
     def _install_generators(self, ga: GraphAnalysis) -> dict[str, Generated]:
         out = {}
