@@ -5,7 +5,9 @@ Protocol (docs/benchmarks.md; shared copy /work/shared/docs/benchmarks.md): trai
 autocast, channels_last, seed 0, 4-pixel reflect-pad crop + flip done on the GPU); prune it to <= 50% of
 the dense FLOPs with each method; fine-tune 60 epochs with the same recipe at max lr 0.05. Runs:
 
-  fxprune methods  l1, l2, fpgm, taylor, slimming, random, tas (append "+kd" to distil from the dense model)
+  fxprune methods  l1, l2, fpgm, taylor, slimming, random, tas, dcp, metapruning, jst (append "+kd" to distil
+                   from the dense model; jst re-initialises the model: coarse + search + fine-tune epochs
+                   add up to uniform-scratch's)
   tp-l1            Torch-Pruning GroupMagnitudeImportance(p=1), MetaPruner, local, channel ratio bisected
                    to the budget, classifier ignored; fine-tuned with the same harness and recipe
   uniform-scratch  fxprune "uniform" (every group keeps the same fraction, bisected to the budget),
@@ -126,7 +128,21 @@ METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of m
                                   "metapruning_crossovers": 3, "metapruning_iterations": 2,
                                   "metapruning_calib_batches": 2, "metapruning_val_batches": 2}
                                  if b.profile.quick else {})},
+    "jst": lambda b: {"progress": not b.quiet, "jst_init": "scratch", "jst_lr": b.profile.dense_lr, **jst_epochs(b.profile),
+                      **({"jst_train_batches": 2, "jst_val_batches": 1, "jst_samples": 2, "jst_candidates": 2,
+                          "jst_calib_batches": 1, "jst_eval_batches": 1} if b.profile.quick else {})},
 }
+NOTES: dict[str, Callable[[Profile], str]] = {
+    "slimming": lambda p: f"sparsity phase {p.sparsity_epochs} epochs (lambda 1e-4) included in prune_s",
+    "jst": lambda p: "re-initialised (no pre-trained model): coarse {jst_coarse_epochs} + search {jst_search_epochs} "
+                     "epochs in prune_s, + {ft} fine-tune epochs".format(ft=p.finetune_epochs, **jst_epochs(p)),
+}
+
+
+def jst_epochs(p: Profile) -> dict:
+    """JST trains from scratch: coarse + search + fine-tune epochs add up to uniform-scratch's epochs."""
+    search = max(1, p.scratch_epochs // 6)
+    return {"jst_search_epochs": search, "jst_coarse_epochs": max(0, p.scratch_epochs - p.finetune_epochs - search)}
 
 
 def run_fxprune(bench: Bench, dense: nn.Module, method: str, kd: bool) -> Record:
@@ -142,9 +158,7 @@ def run_fxprune(bench: Bench, dense: nn.Module, method: str, kd: bool) -> Record
     return Record(method + ("+kd" if kd else ""), res.report.flops_ratio, res.report.params_ratio,
                   res.report.accuracy.get("pruned"), res.report.accuracy["finetuned"], hist.best_acc(),
                   p.finetune_epochs, total - train_s, train_s, latency_ratio(bench, dense, res.model),
-                  [dataclasses.asdict(r) for r in hist.records],
-                  f"sparsity phase {p.sparsity_epochs} epochs (lambda 1e-4) included in prune_s"
-                  if method == "slimming" else "")
+                  [dataclasses.asdict(r) for r in hist.records], NOTES.get(method, lambda p: "")(p))
 
 
 def run_uniform_scratch(bench: Bench, dense: nn.Module) -> Record:

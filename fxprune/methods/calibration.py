@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from .registry import ScoreInput
 
@@ -42,3 +44,42 @@ def require_cost_budget(inp: ScoreInput, budget, method: str) -> None:
                          f"flops=, params= or latency= (a fraction of the dense model's cost), not ratio=.")
     if inp.step > 0:
         raise ValueError(f"method '{method}' searches once: use steps=1.")
+
+
+def batches_after(data: Iterable, skip: int, n: int, device: torch.device) -> list:
+    """Batches `skip` ... `skip + n` of one pass over `data` (held out from the first `skip` batches)."""
+    return [(x.to(device), y.to(device)) for x, y in islice(iter(data), skip, skip + n)]
+
+
+def recalibrate_norms(module: nn.Module, batches: list) -> None:
+    """Every BatchNorm's running statistics recomputed (cumulative average) on `batches`, as a candidate
+    architecture needs before it is scored; the module's train / eval mode is restored."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved, was = [m.momentum for m in norms], module.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            module(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    module.train(was)
+
+
+def score_batches(net: nn.Module, batches: list) -> float:
+    """Top-1 accuracy on `batches` in eval mode, minus 1e-6 x the mean cross-entropy (lower loss breaks ties)."""
+    from ..train.losses import logits_of
+
+    was = net.training
+    net.eval()
+    correct, loss, n = 0, 0.0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = logits_of(net(x)).float()
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            n += len(y)
+    net.train(was)
+    return correct / max(n, 1) - 1e-6 * loss / max(n, 1)

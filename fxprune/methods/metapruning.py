@@ -25,13 +25,13 @@ from itertools import islice
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
 from ..train.losses import logits_of
-from .calibration import batches, batches_per_epoch, require_cost_budget, require_data
+from .calibration import (batches, batches_after, batches_per_epoch, require_cost_budget, require_data,
+                          score_batches)
 from .evolution import EvolutionConfig, evolve
 from .pruningnet import PruningNet
 from .registry import ScoreInput, register_method
@@ -106,17 +106,6 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
     return log
 
 
-def _accuracy(net: nn.Module, val: list) -> float:
-    correct, loss, n = 0, 0.0, 0
-    with torch.no_grad():
-        for x, y in val:
-            logits = logits_of(net(x)).float()
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += len(y)
-    return correct / max(n, 1) - 1e-6 * loss / max(n, 1)  # accuracy; lower loss breaks ties
-
-
 def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
     t0 = time.perf_counter()
     data = require_data(inp, "metapruning", "the PruningNet is trained and candidates are scored on batches")
@@ -141,7 +130,7 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
         calib = list(batches(data, int(o["metapruning_calib_batches"]), device))
         val_source = inp.options.get("metapruning_val_data")
         val = (list(batches(val_source, int(o["metapruning_val_batches"]), device)) if val_source is not None
-               else _after(data, len(calib), int(o["metapruning_val_batches"]), device))
+               else batches_after(data, len(calib), int(o["metapruning_val_batches"]), device))
         if not calib or not val:
             raise ValueError("method 'metapruning' got too few batches: it needs metapruning_calib_batches + "
                              "metapruning_val_batches batches of data (or metapruning_val_data).")
@@ -157,7 +146,7 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
             pnet.set(choice)
             pnet.recalibrate(calib)
             pnet.net.eval()
-            return _accuracy(pnet.net, val)
+            return score_batches(pnet.net, val)
 
         cfg = EvolutionConfig(int(o["metapruning_population"]), int(o["metapruning_parents"]),
                               int(o["metapruning_mutations"]), int(o["metapruning_crossovers"]),
@@ -172,11 +161,6 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
     inp.options["metapruning_cost_ratio"] = round(cost_of[best] / dense, 4)
     inp.options["metapruning_search_s"] = round(time.perf_counter() - t0, 3)
     return space.keep_of(dict(zip(space.gids, best)))
-
-
-def _after(data, skip: int, n: int, device: torch.device) -> list:
-    """Batches `skip` ... `skip + n` of one pass over `data` (held out from the calibration batches)."""
-    return [(x.to(device), y.to(device)) for x, y in islice(iter(data), skip, skip + n)]
 
 
 def _initialise(inp: ScoreInput, pnet: PruningNet, best: tuple[int, ...], calib: list, how: str) -> None:

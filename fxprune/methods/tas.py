@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import torch
 
 from ..rewrite.context import RewriteContext
@@ -30,6 +29,7 @@ from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch, DepthSpace
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
 from .tas_train import SearchConfig, search
+from .budget_fit import shrink_to_fit
 from .calibration import require_cost_budget, require_data
 
 RESULT_KEY = "tas_searched_fractions"  # [[group id, searched fraction], ...] recorded in plan.method_options
@@ -123,20 +123,8 @@ def _fingerprint(ga, gids: list[int], fractions: tuple, cfg: SearchConfig, budge
 
 def fit_budget(space: WidthSpace, choice: dict[int, int], measure, target: float) -> dict[int, list[int]]:
     """The searched architecture, or, when it costs more than `target`, every group's searched width times
-    the largest common factor s in [0, 1] whose model fits (bisection; s = 0 leaves each group its minimum)."""
-    counts = {gid: space.counts[gid][k] for gid, k in choice.items()}
-
-    def keep_at(s: float) -> dict[int, list[int]]:
-        return {gid: space.keep_count(gid, int(np.floor(s * n + 1e-9))) for gid, n in counts.items()}
-
-    limit = target * (1 + 1e-9) + 1e-6
-    if measure(keep_at(1.0)) <= limit:
-        return keep_at(1.0)
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if measure(keep_at(mid)) <= limit else (lo, mid)
-    return keep_at(lo)
+    the largest common factor that fits (budget_fit.shrink_to_fit)."""
+    return shrink_to_fit({gid: space.counts[gid][k] for gid, k in choice.items()}, space.keep_count, measure, target)
 
 
 register_method("tas", "Transformable Architecture Search (Dong & Yang, NeurIPS 2019): learned per-group "
