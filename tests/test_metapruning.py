@@ -67,6 +67,34 @@ def test_evolution_evaluates_only_candidates_inside_the_window_and_is_seeded():
         evolve([2, 2], lambda c: False, fitness, EvolutionConfig(population=2, parents=1, max_tries=5))
 
 
+def test_evolution_resumes_from_its_checkpoint_with_the_same_draws(tmp_path):
+    from fxprune.methods.search_state import SearchCheckpoint
+
+    def fitness(c):
+        return -abs(sum(c) - 10) + 0.01 * c[0] - 0.001 * c[1]
+
+    def fits(c):
+        return 6 <= sum(c) <= 14
+
+    cfg = EvolutionConfig(population=10, parents=3, mutations=5, crossovers=5, iterations=5, seed=3, progress=False)
+    whole = evolve([6, 6, 6], fits, fitness, cfg)
+    ckpt, calls = SearchCheckpoint(tmp_path / "ea.pt", "metapruning", {"test": 1}), []
+
+    def interrupted(c):
+        calls.append(c)
+        if len(calls) == 25:  # during the third iteration
+            raise _Interrupt
+        return fitness(c)
+
+    with pytest.raises(_Interrupt):
+        evolve([6, 6, 6], fits, interrupted, cfg, ckpt)
+    scored = {tuple(c) for c, _ in ckpt.load()["scores"]}
+    again = []
+    resumed = evolve([6, 6, 6], fits, lambda c: again.append(c) or fitness(c), cfg, ckpt)
+    assert resumed == whole
+    assert len(scored) >= 10 and again and not scored & set(again)  # the saved iterations are not re-scored
+
+
 def test_resnet20_meets_the_window_and_the_slim_model_scores_what_the_pruningnet_scored():
     data = _data()
     gm, ga, cost, keep, plan, opts = _search(_resnet(), X, data, Budget("flops", 0.5))

@@ -117,6 +117,18 @@ def test_report_shows_the_search_cost_and_a_tas_search_figure(pruned, tmp_path):
     assert "search.png" not in render_report(make_run(tmp_path / "other", pruned)).read_text()
 
 
+@pytest.mark.parametrize("method, widths, curve", [
+    ("jst", "jst_searched_fractions", "jst_log"), ("metapruning", "metapruning_searched_fractions", "metapruning_log")])
+def test_every_width_search_gets_a_search_figure(pruned, tmp_path, method, widths, curve):
+    import copy
+
+    res = copy.deepcopy(pruned)
+    res.plan.method = method
+    res.plan.method_options = {widths: [[d.id, 0.5] for d in res.plan.groups], curve: [[1, -2.1], [2, -1.7]]}
+    assert 'src="figures/search.png"' in render_report(make_run(tmp_path / "run", res)).read_text()
+    _assert_png(tmp_path / "run" / "figures" / "search.png")
+
+
 def test_report_escapes_strings(pruned, tmp_path):
     evil = "<script>alert('x')</script>"
     run = make_run(tmp_path / "run", pruned, {**RUN_JSON, "model": evil, "command": '"><img src=x>'}, evil)

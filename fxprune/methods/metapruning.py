@@ -15,7 +15,8 @@
    `metapruning_init="generated"` (default) writes the generated weights and recalibrated statistics into
    the model, so the slim model starts from them; `"scratch"` re-initialises it (the paper trains the found
    architecture from scratch): pass `finetune=Finetune(...)` to train it.
-`metapruning_checkpoint=PATH` saves the PruningNet training after every epoch and resumes it.
+`metapruning_checkpoint=PATH` saves the PruningNet training after every epoch and the evolutionary search
+after every iteration (in PATH.evolution), and resumes both.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ DEFAULTS = {"metapruning_epochs": 1, "metapruning_batches": None, "metapruning_l
             "metapruning_mutate_p": 0.1, "metapruning_iterations": 20, "metapruning_init": "generated",
             "seed": 0, "progress": True}
 INITS = ("generated", "scratch")
+TRAINING = ("metapruning_epochs", "metapruning_batches", "metapruning_lr", "metapruning_momentum",
+            "metapruning_weight_decay")  # the options a PruningNet checkpoint depends on
 
 
 def options_of(inp: ScoreInput) -> dict:
@@ -125,7 +128,7 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
         generator = torch.Generator().manual_seed(seed)
         checkpoint = SearchCheckpoint(inp.options.get("metapruning_checkpoint"), "metapruning", {
             "graph": ga.signature, "groups": list(space.gids), "fractions": list(fractions), "seed": seed,
-            "options": {k: v for k, v in o.items() if k.startswith("metapruning_") and "population" not in k}})
+            "options": {k: o[k] for k in TRAINING}})
         train_log = train_pruningnet(pnet, data, o, device, generator, checkpoint)
         calib = list(batches(data, int(o["metapruning_calib_batches"]), device))
         val_source = inp.options.get("metapruning_val_data")
@@ -152,7 +155,9 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
                               int(o["metapruning_mutations"]), int(o["metapruning_crossovers"]),
                               float(o["metapruning_mutate_p"]), int(o["metapruning_iterations"]), seed=seed,
                               progress=bool(o["progress"]))
-        best, score, evo_log = evolve([len(fractions)] * len(space.gids), fits, fitness, cfg)
+        best, score, evo_log = evolve([len(fractions)] * len(space.gids), fits, fitness, cfg,
+                                      _evolution_checkpoint(o, checkpoint, budget, inp.round_to,
+                                                            inp.options.get("metapruning_checkpoint")))
         _initialise(inp, pnet, best, calib, o["metapruning_init"])
     inp.options["metapruning_searched_fractions"] = [[gid, fractions[k]] for gid, k in zip(space.gids, best)]
     inp.options["metapruning_log"] = [[r["iteration"], round(r["best"], 4)] for r in evo_log]
@@ -161,6 +166,14 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
     inp.options["metapruning_cost_ratio"] = round(cost_of[best] / dense, 4)
     inp.options["metapruning_search_s"] = round(time.perf_counter() - t0, 3)
     return space.keep_of(dict(zip(space.gids, best)))
+
+
+def _evolution_checkpoint(o: dict, trained: SearchCheckpoint, budget, round_to: int, path) -> SearchCheckpoint:
+    """The evolutionary search's own file beside the PruningNet checkpoint (`<path>.evolution`): saved after
+    every iteration, it is small where the PruningNet's generators are not."""
+    search = {k: v for k, v in o.items() if k.startswith("metapruning_") and k not in TRAINING + ("metapruning_init",)}
+    return SearchCheckpoint(None if path is None else f"{path}.evolution", "metapruning", {
+        **trained.fingerprint, "budget": [budget.kind, float(budget.value)], "round_to": round_to, "search": search})
 
 
 def _initialise(inp: ScoreInput, pnet: PruningNet, best: tuple[int, ...], calib: list, how: str) -> None:

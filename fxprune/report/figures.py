@@ -6,6 +6,8 @@ lazily so `import fxprune` stays light.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,28 +104,49 @@ def budget_figure(run: RunData) -> Any:
     return fig
 
 
+@dataclass(frozen=True)
+class SearchTrace:
+    """Where a searching method records its widths and its search curve in `plan.method_options`."""
+
+    widths: str  # [[group id, searched width fraction], ...]
+    curve: str  # [[step, value], ...]
+    xlabel: str
+    ylabel: str
+    reference: float | None = None  # a horizontal line (the budget)
+
+
+SEARCH_TRACES: dict[str, SearchTrace] = {
+    "tas": SearchTrace("tas_searched_fractions", "tas_log", "search epoch", "argmax cost / budget", 1.0),
+    "metapruning": SearchTrace("metapruning_searched_fractions", "metapruning_log", "EA iteration",
+                               "best candidate score"),
+    "jst": SearchTrace("jst_searched_fractions", "jst_log", "search epoch", "mean sub-network reward"),
+}
+
+
 def search_figure(run: RunData) -> Any:
-    """A width search (TAS): each group's searched width fraction beside the kept fraction after the budget
-    fit, and the argmax architecture's cost / budget per search epoch."""
+    """A width search (TAS, MetaPruning, JST): each group's searched width fraction beside the kept fraction
+    after the budget fit and repair, and the method's search curve."""
     opts = run.plan.method_options
-    searched = opts.get("tas_searched_fractions")
-    if not searched:
+    trace = next((t for t in SEARCH_TRACES.values() if opts.get(t.widths)), None)
+    if trace is None:
         return None
+    searched = opts[trace.widths]
     sizes = {d.id: (d.size, len(d.keep)) for d in run.plan.groups}
     fig = _figure(min(max(7.0, 0.22 * len(searched) + 4), 18.0), 3.8)
     ax, ax_log = fig.add_subplot(1, 3, (1, 2)), fig.add_subplot(1, 3, 3)
     x = list(range(len(searched)))
-    ax.bar([i - 0.2 for i in x], [f for _, f in searched], width=0.4, color=DENSE, label="searched (argmax)")
+    ax.bar([i - 0.2 for i in x], [f for _, f in searched], width=0.4, color=DENSE, label="searched")
     ax.bar([i + 0.2 for i in x], [sizes[g][1] / sizes[g][0] for g, _ in searched], width=0.4, color=SLIM,
            label="kept (after the budget fit)")
     step = max(1, len(x) // 40)
     ax.set_xticks(x[::step], [str(g) for g, _ in searched][::step], fontsize=7)
     ax.set(xlabel="channel group", ylabel="width fraction", ylim=(0, 1.05), title="Searched widths")
     ax.legend(fontsize=8)
-    log = opts.get("tas_log") or []
+    log = opts.get(trace.curve) or []
     ax_log.plot([e for e, _ in log], [r for _, r in log], marker=".", color=SLIM)
-    ax_log.axhline(1.0, color=FROZEN, linestyle="--", linewidth=1)
-    ax_log.set(xlabel="search epoch", ylabel="argmax cost / budget", title="Search")
+    if trace.reference is not None:
+        ax_log.axhline(trace.reference, color=FROZEN, linestyle="--", linewidth=1)
+    ax_log.set(xlabel=trace.xlabel, ylabel=trace.ylabel, title="Search")
     for a in (ax, ax_log):
         a.grid(axis="y", alpha=0.3)
     return fig
