@@ -70,10 +70,12 @@ def check_data_options(data: Iterable | None, finetune: Any, steps: int, needs_d
 
 
 def training_device(device: Any = None):
-    """Where training and evaluation run: `device`, or CUDA when available, else the CPU."""
+    """Where training and evaluation run: `device`, or CUDA when available (this process's GPU under
+    torchrun: cuda:<LOCAL_RANK>), else the CPU."""
+    from .train.distributed import current
     from .train.runtime import resolve_device
 
-    return resolve_device(device)
+    return resolve_device(device, current().local_rank)
 
 
 def teacher_of(model: nn.Module, finetune: Any) -> nn.Module | None:

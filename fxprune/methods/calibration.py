@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import ScoreInput
+from .search_dist import average_norm_stats, sum_over_ranks
 
 
 def require_data(inp: ScoreInput, method: str, why: str) -> Iterable:
@@ -66,6 +67,7 @@ def recalibrate_norms(module: nn.Module, batches: list) -> None:
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     module.train(was)
+    average_norm_stats(module)
 
 
 def score_batches(net: nn.Module, batches: list) -> float:
@@ -82,4 +84,5 @@ def score_batches(net: nn.Module, batches: list) -> float:
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             n += len(y)
     net.train(was)
+    correct, loss, n = sum_over_ranks([correct, loss, n])  # a distributed search: every rank's shard
     return correct / max(n, 1) - 1e-6 * loss / max(n, 1)

@@ -28,6 +28,7 @@ from .dcp_heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_cl
 from .dcp_select import Segment, greedy_group, mask_groups
 from .calibration import batches, require_data
 from .registry import ScoreInput, register_method
+from .search_dist import search_data
 from .search_state import SearchCheckpoint
 
 DEFAULTS = {"dcp_heads": DEFAULT_HEADS, "dcp_head_epochs": 1, "dcp_lambda": 1.0, "dcp_batches": 4,
@@ -81,7 +82,7 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     if saved is None:
         if o["dcp_head_epochs"] > 0:
             train_with_heads(HeadedNet(gm, points, heads), data, _train_config(inp, o))
-        calib = list(batches(data, o["dcp_batches"], device))
+        calib = list(batches(search_data(data, "data"), o["dcp_batches"], device))  # this rank's shard
         if not calib:
             raise ValueError("method 'dcp' got no batches from data: the data iterable is empty.")
         saved = {"gm": gm.state_dict(), "heads": heads.state_dict(), "calib": [(x.cpu(), y.cpu()) for x, y in calib]}

@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..analysis.analyse import GraphAnalysis
+from .search_dist import average_tensors, mean_over_ranks
 
 
 @dataclass
@@ -78,6 +79,8 @@ def weight_gradient_scores(seg, masks: list[str], slots: list[WeightSlot], state
                 s.param.copy_(v)
                 s.param.requires_grad_(False)
         write(seg.info, masks, state)
+    average_tensors(acc)  # a distributed search: the gradients of every rank's batches
+    loss_sum = mean_over_ranks(loss_sum)
     total = np.zeros(size)
     for s, a in zip(slots, acc):
         other = [d for d in range(a.dim()) if d != s.dim]

@@ -24,6 +24,7 @@ from ..trace import META_SHAPE
 from ..train.losses import logits_of
 from .dcp_heads import with_outputs
 from .dcp_score import weight_gradient_scores, weight_slots
+from .search_dist import average_gradients, sum_over_ranks, world_size
 
 
 @dataclass
@@ -166,7 +167,8 @@ def _gradients(seg: GroupLoss, names: list[str], off: int, size: int, lam: float
             np.add.at(total, chan[inside] - off, g.detach().double().cpu().numpy()[pos[inside]])
     for m in masks:
         m.requires_grad_(False)
-    return total, loss_sum / len(seg.calib)
+    *total, loss_sum = sum_over_ranks([*total.tolist(), loss_sum])  # a distributed search: every rank's batches
+    return np.asarray(total) / world_size(), loss_sum / len(seg.calib) / world_size()
 
 
 def _optimise(seg: GroupLoss, params: list[nn.Parameter], opt: torch.optim.Optimizer | None, steps: int,
@@ -178,6 +180,7 @@ def _optimise(seg: GroupLoss, params: list[nn.Parameter], opt: torch.optim.Optim
     for s in range(steps):
         opt.zero_grad(set_to_none=True)
         seg.loss((at + s) % len(seg.calib), lam).backward()
+        average_gradients(params)
         opt.step()
     for p in params:
         p.requires_grad_(False)

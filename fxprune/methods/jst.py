@@ -36,6 +36,7 @@ from .gates import install_gates
 from .jst_space import ChannelWeights
 from .jst_train import JSTConfig, JSTSearch
 from .registry import ScoreInput, register_method
+from .search_dist import broadcast_state, search_data
 from .search_state import SearchCheckpoint
 
 INITS = ("model", "scratch")
@@ -69,7 +70,9 @@ def _options(inp: ScoreInput) -> dict:
 
 def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
     t0 = time.perf_counter()
-    data = require_data(inp, "jst", "the network, its channel weights and ThresNet are trained on batches")
+    data = search_data(require_data(inp, "jst", "the network, its channel weights and ThresNet are trained on "
+                                                "batches"), "data")
+    val_data = search_data(inp.options.get("jst_val_data"), "jst_val_data")
     require_cost_budget(inp, budget, "jst")
     cfg, o = config_of(inp.options), _options(inp)
     ga = inp.ga
@@ -92,10 +95,11 @@ def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
         checkpoint = SearchCheckpoint(inp.options.get("jst_checkpoint"), "jst", {
             "graph": ga.signature, "groups": list(gids), "config": _fingerprint_config(cfg), "seed": seed,
             "budget": [budget.kind, float(budget.value)], "round_to": inp.round_to, "init": o["jst_init"]})
-        search = JSTSearch(gated, gates, space, cfg, data, inp.options.get("jst_val_data"), measure, dense,
+        search = JSTSearch(gated, gates, space, cfg, data, val_data, measure, dense,
                            budget.value * dense, generator, checkpoint)
         search.run()
-        best, score, scored = _choose(search, gated, gates, space, data, inp.options.get("jst_val_data"), o, device)
+        best, score, scored = _choose(search, gated, gates, space, data, val_data, o, device)
+        broadcast_state(gated)  # a distributed search: rank 0's weights and statistics everywhere
     inp.gm.load_state_dict({k: v for k, v in gated.state_dict().items() if k in inp.gm.state_dict()})
     _record(inp, search, best, score, scored, measure(best) / dense, ga, time.perf_counter() - t0)
     return best

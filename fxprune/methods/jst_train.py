@@ -28,6 +28,7 @@ from .budget_fit import shrink_to_fit
 from .calibration import batches_per_epoch
 from .gates import ChannelGates
 from .jst_space import ChannelWeights
+from .search_dist import average_gradients, mean_over_ranks
 from .search_state import SearchCheckpoint
 from .thresnet import Reinforce, ThresNet
 
@@ -73,8 +74,8 @@ class JSTSearch:
                              f"{cfg.train_batches} + jst_val_batches={cfg.val_batches} batches, but an epoch has "
                              f"only {self.per_epoch}: lower them, or pass more data (or jst_val_data).")
         self.samples_per_epoch = self.per_epoch // per_sample
-        weights = [p for p in gated.parameters() if p.requires_grad]
-        self.w_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        self.weights = [p for p in gated.parameters() if p.requires_grad]
+        self.w_opt = torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                      nesterov=cfg.momentum > 0)
         self.a_opt = torch.optim.Adam(space.parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999))
         steps = cfg.coarse_epochs * self.per_epoch + cfg.search_epochs * self.samples_per_epoch * cfg.train_batches
@@ -138,6 +139,7 @@ class JSTSearch:
             self.w_opt.zero_grad(set_to_none=True)
             self.a_opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients([*self.weights, *self.space.parameters()])
             self.w_opt.step()
             self.a_opt.step()
             self.sched.step()
@@ -179,6 +181,7 @@ class JSTSearch:
             loss = self._ce(x, y)
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.weights)
             self.w_opt.step()
             self.sched.step()
         losses = []
@@ -189,9 +192,10 @@ class JSTSearch:
             self.a_opt.zero_grad(set_to_none=True)
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(self.space.parameters())
             self.a_opt.step()
             losses.append(float(ce.detach()))
-        return sum(losses) / max(len(losses), 1)
+        return mean_over_ranks(sum(losses) / max(len(losses), 1))
 
     def _remember(self, keep: Keep, reward: float, cost: float) -> None:
         """Keep the `candidates` best-rewarded distinct sub-networks."""

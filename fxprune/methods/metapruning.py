@@ -36,6 +36,7 @@ from .calibration import (batches, batches_after, batches_per_epoch, require_cos
 from .evolution import EvolutionConfig, evolve
 from .pruningnet import PruningNet
 from .registry import ScoreInput, register_method
+from .search_dist import average_gradients, search_data
 from .search_state import SearchCheckpoint
 from .tas_space import WidthSpace
 
@@ -98,6 +99,7 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
             loss = F.cross_entropy(logits_of(pnet.net(x.to(device))).float(), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(params)
             opt.step()
             sched.step()
             total += float(loss.detach())
@@ -111,7 +113,8 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
 
 def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
     t0 = time.perf_counter()
-    data = require_data(inp, "metapruning", "the PruningNet is trained and candidates are scored on batches")
+    data = search_data(require_data(inp, "metapruning", "the PruningNet is trained and candidates are scored on "
+                                                        "batches"), "data")
     require_cost_budget(inp, budget, "metapruning")
     o = options_of(inp)
     ga = inp.ga
@@ -131,7 +134,7 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
             "options": {k: o[k] for k in TRAINING}})
         train_log = train_pruningnet(pnet, data, o, device, generator, checkpoint)
         calib = list(batches(data, int(o["metapruning_calib_batches"]), device))
-        val_source = inp.options.get("metapruning_val_data")
+        val_source = search_data(inp.options.get("metapruning_val_data"), "metapruning_val_data")
         val = (list(batches(val_source, int(o["metapruning_val_batches"]), device)) if val_source is not None
                else batches_after(data, len(calib), int(o["metapruning_val_batches"]), device))
         if not calib or not val:

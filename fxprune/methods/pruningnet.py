@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from ..analysis.analyse import GraphAnalysis
 from .gates import install_gates
+from .search_dist import average_norm_stats
 from .tas_space import WidthSpace
 
 __all__ = ["PruningNet", "WidthState"]
@@ -168,6 +169,7 @@ class PruningNet:
         for name, norm in self.norms.items():
             norm.momentum = saved[name]
         self.net.train(was)
+        average_norm_stats(self.net)  # a distributed search: the statistics of every rank's batches
 
     def generated_weights(self) -> dict[str, torch.Tensor]:
         """{module name: the current candidate's generated full-size weight}."""

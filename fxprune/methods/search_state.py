@@ -13,7 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..train.checkpoint import load_checkpoint, save_atomic
+from ..train.distributed import active as dist_active, barrier
 
 __all__ = ["SearchCheckpoint"]
 
@@ -39,6 +42,9 @@ class SearchCheckpoint:
         return saved["state"]
 
     def save(self, state: dict[str, Any]) -> None:
+        """Written by rank 0 of a distributed search (every rank holds the same state); all ranks wait for it."""
         if self.path is not None:
-            save_atomic({"fingerprint": self.fingerprint, "state": state}, self.path)
+            if not dist_active() or torch.distributed.get_rank() == 0:
+                save_atomic({"fingerprint": self.fingerprint, "state": state}, self.path)
+            barrier()
 

@@ -25,6 +25,7 @@ from ..select import _channel_groups, repair
 from .gates import install_gates
 from .magnitude import magnitude_scores
 from .registry import ScoreInput, register_method
+from .search_dist import broadcast_state, search_data
 from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch, DepthSpace
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
@@ -48,7 +49,8 @@ def search_config(options: dict) -> SearchConfig:
 
 
 def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[int]]:
-    data = require_data(inp, "tas", "the width distributions and the weights are trained on batches")
+    data = search_data(require_data(inp, "tas", "the width distributions and the weights are trained on batches"),
+                       "data")
     require_cost_budget(inp, budget, "tas")
     cfg = search_config(inp.options)
     ga = inp.ga
@@ -74,6 +76,7 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
             ga, gids, fractions, cfg, budget, seed, inp.round_to, depth.space.sizes if depth is not None else []))
         t0 = time.perf_counter()
         log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint, depth)
+        broadcast_state(gated)  # a distributed search: rank 0's BatchNorm statistics everywhere
         inp.options["tas_search_s"] = round(time.perf_counter() - t0, 3)
     if inp.options.get("tas_inherit", False):
         inp.gm.load_state_dict(gated.state_dict(), strict=False)

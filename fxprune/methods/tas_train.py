@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..train.losses import logits_of
 from .calibration import batches_per_epoch
 from .gates import ChannelGates
+from .search_dist import average_gradients
 from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch
 from .tas_space import ExpectedCost, WidthSpace, sample_two
@@ -98,6 +99,7 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
                 loss = F.cross_entropy(logits_of(gated(x)).float(), y)
                 w_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(weights)
                 w_opt.step()
                 sched.step()
                 sums["w_loss"] += float(loss.detach())
@@ -114,6 +116,7 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
                 a_opt.zero_grad(set_to_none=True)
                 w_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(arch)
                 a_opt.step()
                 sums["a_loss"] += float(loss.detach())
                 sums["n_a"] += 1
