@@ -103,19 +103,9 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
         gm.to(training_device(device))
     teacher = teacher_of(model, finetune)
     acc = {"dense": accuracy(gm, eval_data)}
-    keep, history = {}, []
     inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to)
-    search_s = time.perf_counter()
-    if backend.prepare is not None:
-        backend.prepare(inp)
-    search_s = time.perf_counter() - search_s
-    for step, step_budget in enumerate(budgets):
-        inp.keep, inp.step = keep, step
-        t0 = time.perf_counter()
-        keep = decide(backend, inp, ga, step_budget, cost, round_to, ignored, scope, removed_channels(ga, keep))
-        search_s += time.perf_counter() - t0
-        if step < len(budgets) - 1:
-            history.append(train_masked(gm, ga, keep, finetune, data, eval_data, teacher))
+    keep, history, search_s = _decide_steps(backend, inp, budgets, cost, ignored, scope,
+                                            lambda k: train_masked(gm, ga, k, finetune, data, eval_data, teacher))
     plan = _make_plan(ga, keep, method, inp.options, budget, round_to, strict, scope or backend.scope, steps)
     plan.skipped_blocks = [list(b) for b in inp.skipped_blocks]
     rewrite(gm, ga, keep)
@@ -128,12 +118,37 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     report = _report(ga, plan, dense_flops, dense_params, gm)
     report.accuracy = {k: v for k, v in acc.items() if v is not None}
     report.search = _search_cost(search_s, gm)
+    _record_achieved(plan, report, cost, ga, keep, deployment)
+    return PruneResult(gm, plan, report, history)
+
+
+def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostModel, ignored: set[int],
+                  scope: str | None, train_between) -> tuple[dict[int, list[int]], list, float]:
+    """The method's preparation and every prune step's decision, with `train_between(keep)` (the masked
+    fine-tune) between steps; (final keep, training histories, search seconds)."""
+    keep, history = {}, []
+    t0 = time.perf_counter()
+    if backend.prepare is not None:
+        backend.prepare(inp)
+    search_s = time.perf_counter() - t0
+    for step, step_budget in enumerate(budgets):
+        inp.keep, inp.step = keep, step
+        t0 = time.perf_counter()
+        keep = decide(backend, inp, inp.ga, step_budget, cost, inp.round_to, ignored, scope,
+                      removed_channels(inp.ga, keep))
+        search_s += time.perf_counter() - t0
+        if step < len(budgets) - 1:
+            history.append(train_between(keep))
+    return keep, history, search_s
+
+
+def _record_achieved(plan: PruningPlan, report: Report, cost: CostModel, ga: GraphAnalysis,
+                     keep: dict[int, list[int]], deployment: Target | None) -> None:
     plan.achieved = {"flops": report.flops_ratio, "params": report.params_ratio}
     if cost.latency_model is not None:
         plan.achieved["latency_predicted"] = cost.latency(RewriteContext(ga, keep)) / cost.latency(None)
     if deployment is not None:
         plan.budget["target"] = deployment.key() or deployment.device
-    return PruneResult(gm, plan, report, history)
 
 
 def _search_cost(seconds: float, gm: fx.GraphModule) -> dict[str, Any]:
