@@ -35,7 +35,6 @@ import dataclasses
 import datetime as dt
 import json
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from torch import nn
 
 import fxprune
 from fxprune.data import cifar10_loaders
+from fxprune.latency import measure_latency
 from fxprune.train import Finetune, Trainer, evaluate
 from fxprune.zoo import get_cifar_model
 
@@ -215,24 +215,10 @@ def run_tp_l1(bench: Bench, dense: nn.Module) -> Record:
 
 
 def latency_ms(model: nn.Module, bench: Bench, repeats: int = 30) -> float:
-    """Median forward latency at the profile's batch (bf16 + channels_last on CUDA, fp32 on CPU)."""
-    cuda = bench.device.type == "cuda"
-    x = torch.randn(bench.profile.latency_batch, *bench.x.shape[1:], device=bench.device)
-    model = copy.deepcopy(model).to(bench.device).eval()
-    if cuda:
-        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    times = []
-    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-        for i in range(repeats + 5):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(x)
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    """Median forward latency at the profile's batch: fxprune.latency.measure_latency (BN folded; bf16 +
+    channels_last on CUDA, fp32 on the CPU), the regime of `fxprune bench` and fxprune.Target."""
+    x = torch.randn(bench.profile.latency_batch, *bench.x.shape[1:])
+    return measure_latency(model, x, bench.device, repeats=repeats, warmup=5)
 
 
 def latency_ratio(bench: Bench, dense: nn.Module, slim: nn.Module) -> float:

@@ -11,8 +11,6 @@ True
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -41,28 +39,20 @@ def check_device(device: str | torch.device) -> torch.device:
 def measure_latency(model: nn.Module, example_inputs: Any, device: str | torch.device = "cpu", repeats: int = 20,
                     warmup: int = 5, dtype: torch.dtype | None = None) -> float:
     """Median latency in milliseconds of one forward pass of `model` on `example_inputs` (a tensor or a
-    tuple of tensors, batch included), after `warmup` untimed passes. `dtype` is the autocast dtype on CUDA
-    (default bfloat16; torch.float32 runs without autocast); on the CPU the model always runs in float32."""
+    tuple of tensors, batch included), after `warmup` untimed passes.
+
+    The model is prepared as `fxprune.optimize(..., mode="eager")` prepares it -- BatchNorm folded, weights
+    cast to `dtype` (default bfloat16 on CUDA; float32 on the CPU whatever `dtype` says), channels_last on
+    CUDA -- and its forward is timed alone (`Optimized.timing_step`): the same regime as `fxprune.Target`'s
+    measurements and benchmarks/latency.py. The caller's model is not changed."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}.")
+    from .deploy.optimize import optimize  # deploy imports the analysis stack: import on use
+
     dev = check_device(device)
-    on_cuda = dev.type == "cuda"
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    model = copy.deepcopy(model).eval().to(dev)
-    inputs = tuple(t.to(dev) for t in inputs)
-    if on_cuda:
-        model = model.to(memory_format=torch.channels_last)
-        inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
-    dtype = dtype or torch.bfloat16
-    autocast = (torch.autocast("cuda", dtype=dtype) if on_cuda and dtype != torch.float32
-                else contextlib.nullcontext())
-    with torch.inference_mode(), autocast:
-        for _ in range(warmup):
-            model(*inputs)
-        if on_cuda:
-            torch.cuda.synchronize(dev)
-        timer = _cuda_timer if on_cuda else _cpu_timer
-        return statistics.median(timer(lambda: model(*inputs)) for _ in range(repeats))
+    fast = optimize(model, inputs, dev, dtype if dev.type == "cuda" else None, mode="eager", check=False)
+    return time_callable(fast.timing_step(*(t.to(dev) for t in inputs)), dev, repeats, warmup)
 
 
 def time_callable(step: Callable[[], Any], device: str | torch.device = "cpu", repeats: int = 50,
