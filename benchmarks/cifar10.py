@@ -13,6 +13,8 @@ the dense FLOPs with each method; fine-tune 60 epochs with the same recipe at ma
   uniform-scratch  fxprune "uniform" (every group keeps the same fraction, bisected to the budget),
                    re-initialised and trained from scratch for `scratch_epochs` (120: the same total
                    epochs as dense + fine-tune) with the dense recipe
+  metapruning-scratch  MetaPruning's searched architecture, re-initialised and trained like uniform-scratch
+                   (the paper's protocol: searched vs uniform widths, everything else equal)
 
 Profiles: `r56-e60` (the protocol, GPU), `cpu-r20` (ResNet-20 on 10k training images, a protocol that fits
 this 2-core CPU: it ranks methods, it does not reproduce the GPU figures), `smoke` (ResNet-20 on the
@@ -134,6 +136,8 @@ METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of m
 }
 NOTES: dict[str, Callable[[Profile], str]] = {
     "slimming": lambda p: f"sparsity phase {p.sparsity_epochs} epochs (lambda 1e-4) included in prune_s",
+    "metapruning-scratch": lambda p: f"searched architecture re-initialised, trained {p.scratch_epochs} epochs with the "
+                                     f"dense recipe (as uniform-scratch)",
     "jst": lambda p: "re-initialised (no pre-trained model): coarse {jst_coarse_epochs} + search {jst_search_epochs} "
                      "epochs in prune_s, + {ft} fine-tune epochs".format(ft=p.finetune_epochs, **jst_epochs(p)),
 }
@@ -145,20 +149,30 @@ def jst_epochs(p: Profile) -> dict:
     return {"jst_search_epochs": search, "jst_coarse_epochs": max(0, p.scratch_epochs - p.finetune_epochs - search)}
 
 
-def run_fxprune(bench: Bench, dense: nn.Module, method: str, kd: bool) -> Record:
+def run_fxprune(bench: Bench, dense: nn.Module, method: str, kd: bool, name: str | None = None,
+                recipe: Finetune | None = None, **extra) -> Record:
     p = bench.profile
-    options = METHOD_OPTIONS.get(method, lambda b: {})(bench)
+    options = {**METHOD_OPTIONS.get(method, lambda b: {})(bench), **extra}
+    recipe = recipe or bench.recipe(p.finetune_epochs, p.finetune_lr, kd=kd)
     t0 = time.perf_counter()
     res = fxprune.prune(copy.deepcopy(dense).cpu().eval(), bench.x, method=method, flops=p.flops, data=bench.train,
-                        eval_data=bench.test, finetune=bench.recipe(p.finetune_epochs, p.finetune_lr, kd=kd),
-                        device=bench.device, **options)
+                        eval_data=bench.test, finetune=recipe, device=bench.device, **options)
     total = time.perf_counter() - t0
     hist = res.history[-1]
     train_s = sum(r.seconds for r in hist.records)
-    return Record(method + ("+kd" if kd else ""), res.report.flops_ratio, res.report.params_ratio,
+    name = name or method + ("+kd" if kd else "")
+    return Record(name, res.report.flops_ratio, res.report.params_ratio,
                   res.report.accuracy.get("pruned"), res.report.accuracy["finetuned"], hist.best_acc(),
-                  p.finetune_epochs, total - train_s, train_s, latency_ratio(bench, dense, res.model),
-                  [dataclasses.asdict(r) for r in hist.records], NOTES.get(method, lambda p: "")(p))
+                  recipe.epochs, total - train_s, train_s, latency_ratio(bench, dense, res.model),
+                  [dataclasses.asdict(r) for r in hist.records], NOTES.get(name, lambda p: "")(p))
+
+
+def run_metapruning_scratch(bench: Bench, dense: nn.Module) -> Record:
+    """The paper's protocol: the searched architecture re-initialised and trained with uniform-scratch's
+    recipe -- searched widths vs uniform widths, everything else equal."""
+    p = bench.profile
+    return run_fxprune(bench, dense, "metapruning", False, "metapruning-scratch",
+                       bench.recipe(p.scratch_epochs, p.dense_lr, from_scratch=True), metapruning_init="scratch")
 
 
 def run_uniform_scratch(bench: Bench, dense: nn.Module) -> Record:
@@ -246,6 +260,7 @@ def dense_model(bench: Bench, cache: Path, retrain: bool) -> tuple[nn.Module, Re
 RUNS: dict[str, Callable[[Bench, nn.Module], Record]] = {
     "tp-l1": run_tp_l1,
     "uniform-scratch": run_uniform_scratch,
+    "metapruning-scratch": run_metapruning_scratch,
 }
 
 

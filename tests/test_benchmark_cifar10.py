@@ -21,8 +21,8 @@ def _bench_module():
     return mod
 
 
-SMOKE_RUNS = ("l1", "l2", "fpgm", "taylor", "slimming", "random", "tas", "dcp", "metapruning", "l1+kd", "tp-l1",
-              "uniform-scratch")
+SMOKE_RUNS = ("l1", "l2", "fpgm", "taylor", "slimming", "random", "tas", "dcp", "metapruning", "jst", "l1+kd",
+              "tp-l1", "uniform-scratch", "metapruning-scratch")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_every_run_meets_the_budget_and_reports_accuracy(smoke):
             assert r["flops_ratio"] <= 0.5 + 1e-9, (name, r["flops_ratio"])
             assert 0 < r["params_ratio"] < 1 and r["latency_ratio"] > 0, name
     assert runs["uniform-scratch"]["acc_pruned"] is None  # re-initialised: nothing to measure before training
+    assert runs["metapruning-scratch"]["epochs"] == runs["uniform-scratch"]["epochs"]  # the same recipe
 
 
 def test_results_files_are_written_and_rebuilt_from_json(smoke):
