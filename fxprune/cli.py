@@ -14,6 +14,7 @@ traceback of a refused request.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shlex
@@ -114,6 +115,23 @@ def parse_round_to(text: str) -> int | str:
         return cli_runs.positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"--round-to takes a positive integer or 'auto', got {text!r}") from None
+
+
+PRUNE_KEYWORDS = frozenset(inspect.signature(fxprune.prune).parameters) - {"method_options"}
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE for a method option; VALUE is a Python literal (1, 0.5, "cosine", (5, 0.1), None) or else
+    taken as a string."""
+    import ast
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE (e.g. jst_search_epochs=5), got {text!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
 
 
 def _cifar10_data(path: str):
@@ -232,12 +250,19 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kd", action="store_true", help="distil from the dense model while fine-tuning")
     p.add_argument("--steps", type=int, default=1, help="iterative pruning in N prune / fine-tune rounds")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-o", "--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, repeatable (e.g. -o jst_search_epochs=5 -o seed=1; see docs/methods/)")
 
 
 def run_prune(args: argparse.Namespace) -> int:
     if args.data is not None and args.input_size is None:
         args.input_size = DATA_INPUT_SIZE[args.data[0]]
     options = data_options(args)
+    for key, value in args.option:
+        if key in PRUNE_KEYWORDS:
+            raise UsageError(f"-o {key}=...: {key} is an argument of prune itself; use its own flag "
+                             f"(fxprune prune --help), not --option.")
+        options[key] = value
     model, x = model_and_input(args)
     return prune_and_write(model, x, args.out, args.method, budget_of(args), args.round_to, args.json,
                            model_spec=args.model, command=getattr(args, "command_line", None), exports=args.export,

@@ -226,6 +226,21 @@ def test_prune_passes_latency_budget_target_and_auto_rounding(capsys, tmp_path, 
     assert fake_api["prune"][2] == {"method": "l1", "round_to": "auto", "latency": 0.6, "target": "cpu"}
 
 
+def test_prune_passes_method_options(capsys, tmp_path, fake_api, tiny_model):
+    code, _, _ = run_cli(capsys, "prune", "torchvision:resnet18", "--method", "jst", "--flops", "0.5",
+                         "-o", "jst_search_epochs=3", "--option", "jst_tau=(5, 0.1)", "-o", "jst_init=scratch",
+                         "-o", "jst_val_data=None", "--out", str(tmp_path / "r"))
+    assert code == 0
+    assert fake_api["prune"][2] == {"method": "jst", "round_to": 1, "flops": 0.5, "jst_search_epochs": 3,
+                                    "jst_tau": (5, 0.1), "jst_init": "scratch", "jst_val_data": None}
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "-o", "nokey",
+                           "--out", str(tmp_path))
+    assert code == 2 and "--option takes KEY=VALUE" in err
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "-o", "steps=3",
+                           "--out", str(tmp_path / "r2"))
+    assert code == 2 and "steps is an argument of prune itself" in err
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "fast"])
 def test_bad_round_to_exits_2(capsys, tmp_path, value):
     code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--round-to", value,
