@@ -249,3 +249,71 @@ def check_zoo_model(model: nn.Module, x: torch.Tensor, onnx_path: Any = None) ->
         ort = onnx_session_outputs(path, x)
         assert rel_err([torch.from_numpy(o) for o in ort], [slim_out]) <= 1e-3
     return res
+
+
+# ----------------------------------------------------------------------------- torchrun workers
+
+def torchrun(worker: Any, out_dir: Any, timeout: int = 300) -> None:
+    """Run `worker` (a script path) under torchrun with 2 CPU processes (gloo), passing `out_dir`; assert it
+    succeeded (one retry when another process took the free port in between)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(root), os.environ.get("PYTHONPATH", "")])}
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), str(worker), str(out_dir)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if "address already in use" not in (proc.stdout + proc.stderr).lower():
+            break
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def load_module(path: Any, name: str) -> Any:
+    """Import a test worker script as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------- searching methods
+
+def random_batches(n: int = 8, bs: int = 8, seed: int = 0, shape: tuple = (3, 32, 32), classes: int = 10) -> list:
+    """`n` seeded (inputs, labels) batches of random CIFAR-shaped data."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, *shape, generator=gen), torch.randint(0, classes, (bs,), generator=gen))
+            for _ in range(n)]
+
+
+def seeded_resnet20() -> nn.Module:
+    from fxprune.zoo import resnet20
+
+    torch.manual_seed(0)
+    return resnet20().eval()
+
+
+def run_search(method: str, model: nn.Module, x: Any, data: Any, budget: Any, **options: Any) -> tuple:
+    """A searching method's decision on `model`, as prune takes it: (gm, ga, cost model, keep, plan, options)."""
+    from fxprune.api import _make_plan, _prepare
+    from fxprune.cost import CostModel
+    from fxprune.methods import get_method
+    from fxprune.methods.registry import ScoreInput
+    from fxprune.select import repair
+
+    gm, ga = _prepare(model, (x,), True, (), None)
+    cost = CostModel.build(gm, ga)
+    inp = ScoreInput(gm, ga, (x,), dict(options), data)
+    keep = repair(ga, get_method(method).search(inp, budget, cost, set()), {})
+    plan = _make_plan(ga, keep, method, inp.options, budget, 1, True, "global", 1)
+    return gm, ga, cost, keep, plan, inp.options

@@ -10,18 +10,16 @@ import torch
 import torchvision
 
 import fxprune
-from fxprune.api import _make_plan, _prepare
+from fxprune.api import _prepare
 from fxprune.cost import CostModel
-from fxprune.methods import get_method
 from fxprune.methods.calibration import batches_after, score_batches
 from fxprune.methods.jst_space import ChannelWeights
-from fxprune.methods.registry import ScoreInput
 from fxprune.methods.thresnet import Reinforce, ThresNet
 from fxprune.rewrite.context import RewriteContext
 from fxprune.select import Budget, _channel_groups, repair
 from fxprune.zoo import resnet20
 
-from helpers import assert_slim_equals_masked
+from helpers import assert_slim_equals_masked, random_batches, run_search, seeded_resnet20
 
 SMALL = dict(jst_coarse_epochs=1, jst_search_epochs=1, jst_train_batches=2, jst_val_batches=1, jst_samples=2,
              jst_candidates=3, jst_calib_batches=2, jst_eval_batches=2, progress=False)
@@ -29,13 +27,11 @@ X = torch.randn(1, 3, 32, 32)
 
 
 def _data(n=8, bs=8, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 3, 32, 32, generator=gen), torch.randint(0, 10, (bs,), generator=gen)) for _ in range(n)]
+    return random_batches(n, bs, seed)
 
 
 def _resnet():
-    torch.manual_seed(0)
-    return resnet20().eval()
+    return seeded_resnet20()
 
 
 def _space(round_to=1):
@@ -44,12 +40,7 @@ def _space(round_to=1):
 
 
 def _search(model, x, data, budget, **options):
-    gm, ga = _prepare(model, (x,), True, (), None)
-    cost = CostModel.build(gm, ga)
-    inp = ScoreInput(gm, ga, (x,), {**SMALL, **options}, data)
-    keep = repair(ga, get_method("jst").search(inp, budget, cost, set()), {})
-    plan = _make_plan(ga, keep, "jst", inp.options, budget, 1, True, "global", 1)
-    return gm, ga, cost, keep, plan, inp.options
+    return run_search("jst", model, x, data, budget, **{**SMALL, **options})
 
 
 def test_sampler_keeps_channels_by_probability_until_the_cumulative_threshold():

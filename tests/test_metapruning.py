@@ -9,16 +9,13 @@ import torch.nn.functional as F
 import torchvision
 
 import fxprune
-from fxprune.api import _make_plan, _prepare
-from fxprune.cost import CostModel
-from fxprune.methods import get_method
+from fxprune.api import _prepare
 from fxprune.methods.evolution import EvolutionConfig, evolve
-from fxprune.methods.registry import ScoreInput
 from fxprune.rewrite.context import RewriteContext
-from fxprune.select import Budget, repair
+from fxprune.select import Budget
 from fxprune.zoo import resnet20
 
-from helpers import assert_slim_equals_masked
+from helpers import assert_slim_equals_masked, random_batches, run_search, seeded_resnet20
 
 SMALL = dict(metapruning_population=6, metapruning_parents=2, metapruning_mutations=3, metapruning_crossovers=3,
              metapruning_iterations=2, metapruning_calib_batches=2, metapruning_val_batches=2, progress=False)
@@ -26,22 +23,15 @@ X = torch.randn(1, 3, 32, 32)
 
 
 def _data(n=6, bs=8, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(bs, 3, 32, 32, generator=gen), torch.randint(0, 10, (bs,), generator=gen)) for _ in range(n)]
+    return random_batches(n, bs, seed)
 
 
 def _resnet():
-    torch.manual_seed(0)
-    return resnet20().eval()
+    return seeded_resnet20()
 
 
 def _search(model, x, data, budget, **options):
-    gm, ga = _prepare(model, (x,), True, (), None)
-    cost = CostModel.build(gm, ga)
-    inp = ScoreInput(gm, ga, (x,), {**SMALL, **options}, data)
-    keep = repair(ga, get_method("metapruning").search(inp, budget, cost, set()), {})
-    plan = _make_plan(ga, keep, "metapruning", inp.options, budget, 1, True, "global", 1)
-    return gm, ga, cost, keep, plan, inp.options
+    return run_search("metapruning", model, x, data, budget, **{**SMALL, **options})
 
 
 def test_evolution_evaluates_only_candidates_inside_the_window_and_is_seeded():

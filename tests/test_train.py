@@ -2,11 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +16,8 @@ from fxprune.train import (
     make_scheduler, reinitialise, seed_everything,
 )
 from fxprune.train import distributed as D
+
+from helpers import load_module, torchrun
 
 HERE = Path(__file__).parent
 
@@ -448,37 +445,16 @@ def test_the_module_smoke_run_trains(capsys):
 
 # ------------------------------------------------------------------------------------------- DDP
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker_module():
-    spec = importlib.util.spec_from_file_location("ddp_train_worker", HERE / "ddp_train_worker.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_ddp_two_gloo_processes_match_a_single_process_run(tmp_path):
     """torchrun, 2 CPU processes (gloo): identical weights on both ranks, equal to one process training
     on the same global batches (DDP averages the gradients of equal shards = the full-batch gradient)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    for _ in range(2):  # a second try if another process took the free port in between
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(HERE / "ddp_train_worker.py"), str(tmp_path)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-        if "address already in use" not in (proc.stdout + proc.stderr).lower():
-            break
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(HERE / "ddp_train_worker.py", tmp_path, timeout=120)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     for k in r0["state"]:  # (a) both ranks end with identical parameters
         assert torch.equal(r0["state"][k], r1["state"][k]), k
 
-    worker = _worker_module()  # (b) the single-process run with the same global batches and seed
+    worker = load_module(HERE / "ddp_train_worker.py", "ddp_train_worker")  # (b) the single-process run with the same global batches and seed
     model, train, evalset = worker.build()
     single = Trainer(model, worker.config(None), train, evalset, device="cpu").fit()
     for k, v in model.state_dict().items():
