@@ -232,6 +232,55 @@ def test_tas_inherit_starts_the_slim_model_from_the_search_trained_weights():
     assert_slim_equals_masked(_resnet(), x, plain)
 
 
+def test_per_width_norm_with_one_candidate_is_that_candidates_batchnorm():
+    from fxprune.methods.tas_norms import MixedWidthNorm, WidthWeights
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(6)
+    holder = WidthWeights()
+    norm = MixedWidthNorm(bn, holder, row=1, choices=3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(3, 6))
+        norm.bias.copy_(torch.randn(3, 6))
+    x = torch.randn(4, 6, 5, 5)
+    for k in range(3):
+        ref = copy.deepcopy(bn)
+        with torch.no_grad():
+            ref.weight.copy_(norm.weight[k])
+            ref.bias.copy_(norm.bias[k])
+            ref.running_mean.copy_(norm.running_mean)  # both update their statistics alike from here
+            ref.running_var.copy_(norm.running_var)
+        holder.set(torch.nn.functional.one_hot(torch.tensor([0, k]), 3).float())
+        for mode in (True, False):
+            ref.train(mode), norm.train(mode)
+            torch.testing.assert_close(norm(x), ref(x))
+    mix = torch.tensor([[1.0, 0, 0], [0.25, 0.75, 0]], requires_grad=True)
+    holder.set(mix)
+    norm.train()(x).sum().backward()
+    assert mix.grad[1, :2].abs().sum() > 0 and mix.grad[0].abs().sum() == 0  # the width logits learn through it
+
+
+def test_tas_trains_one_affine_pair_per_width_and_inherits_the_most_probable_one(monkeypatch):
+    import fxprune.methods.tas as tas
+
+    seen, real = {}, tas.install_width_norms
+    monkeypatch.setattr(tas, "install_width_norms", lambda *a, **k: seen.setdefault("out", real(*a, **k)))
+    x = torch.randn(1, 3, 32, 32)
+    res = _tas(_resnet(), x, _random_data((1, 3, 32, 32), n=4), flops=0.5, tas_inherit=True)
+    norms = seen["out"][1]
+    bns = [n for n, m in _resnet().named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert sorted(norms) == sorted(bns)  # every BatchNorm of ResNet-20 carries a searched group
+    rows = norms["bn1"].weight.detach()
+    assert (rows - rows[0]).abs().max() > 1e-5  # the candidates' affine pairs were trained apart
+    norm = norms["bn1"]
+    gid, fraction = res.plan.method_options["tas_searched_fractions"][norm.row]
+    k = [round(0.3 + 0.1 * i, 1) for i in range(8)].index(fraction)
+    keep = next(d.keep for d in res.plan.groups if d.id == gid)
+    torch.testing.assert_close(res.model.bn1.weight, norm.weight[k][keep].detach())
+    off = _tas(_resnet(), x, _random_data((1, 3, 32, 32), n=4), flops=0.5, tas_per_width_bn=False)
+    assert off.plan.method_options.get("tas_searched_fractions")
+
+
 class _Interrupt(Exception):
     pass
 

@@ -53,6 +53,14 @@ def position_index(ga: GraphAnalysis, arr: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(out)
 
 
+def group_of_array(ga: GraphAnalysis, arr: np.ndarray | None) -> int | None:
+    """The group of the first channel a label array carries (None: no array, or no channel)."""
+    if arr is None or not len(arr):
+        return None
+    _, chan = ga.channel_positions(arr[:1])
+    return ga.group_of(int(chan[0])) if len(chan) else None
+
+
 def flat_gates(ga: GraphAnalysis, gates: dict[int, torch.Tensor], like: torch.Tensor | None = None) -> torch.Tensor:
     """One vector over all channels of all groups (groups not in `gates`: ones) plus the trailing pad 1."""
     device = like.device if like is not None else None

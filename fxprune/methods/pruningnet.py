@@ -11,7 +11,6 @@ at its own weights (the paper trains it from scratch; a freshly initialised mode
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -19,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..analysis.analyse import GraphAnalysis
-from .gates import install_gates
+from .gates import group_of_array, install_gates
 from .search_dist import average_norm_stats
 from .tas_space import WidthSpace
 
@@ -109,12 +108,6 @@ class PruningNet:
         self.generated = self._install_generators(ga)
         self.norms = self._install_norms(ga)
 
-    def _group_of(self, ga: GraphAnalysis, arr: np.ndarray | None) -> int | None:
-        if arr is None or not len(arr):
-            return None
-        _, chan = ga.channel_positions(arr[:1])
-        return ga.group_of(int(chan[0])) if len(chan) else None
-
     def _install_generators(self, ga: GraphAnalysis) -> dict[str, Generated]:
         out = {}
         for node in self.net.graph.nodes:
@@ -124,7 +117,7 @@ class PruningNet:
             dims = ga.analysis.params.get(f"{node.target}.weight")
             if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or not dims:
                 continue
-            slots = [self.state.index_of(self._group_of(ga, dims.get(d))) for d in (1, 0)]
+            slots = [self.state.index_of(group_of_array(ga, dims.get(d))) for d in (1, 0)]
             if all(s == len(self.space.gids) for s in slots) or node.target in out:
                 continue  # no searched group on either side: trained as it is
             gen = Generated(module.weight, self.state, *slots)
@@ -139,7 +132,7 @@ class PruningNet:
             dims = ga.analysis.params.get(f"{name}.weight") or ga.analysis.params.get(f"{name}.running_mean")
             if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not dims:
                 continue
-            gid = self._group_of(ga, dims.get(0))
+            gid = group_of_array(ga, dims.get(0))
             if gid not in self.state.slot:
                 continue
             norm = PerWidthBatchNorm(module, self.state, gid, len(self.space.fractions))

@@ -22,12 +22,13 @@ import torch
 
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
-from .gates import install_gates
+from .gates import group_of_array, install_gates
 from .magnitude import magnitude_scores
 from .registry import ScoreInput, register_method
 from .search_dist import broadcast_state, search_data
 from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch, DepthSpace
+from .tas_norms import collapse, install_width_norms
 from .tas_space import DEFAULT_FRACTIONS, ExpectedCost, WidthSpace
 from .tas_train import SearchConfig, search
 from .budget_fit import shrink_to_fit
@@ -45,7 +46,8 @@ def search_config(options: dict) -> SearchConfig:
         arch_lr=float(o.get("tas_arch_lr", 1e-3)), arch_weight_decay=float(o.get("tas_arch_weight_decay", 1e-3)),
         flops_weight=float(o.get("tas_flops_weight", 2.0)), tolerance=float(o.get("tas_tolerance", 0.05)),
         tau_max=float(tau[0]), tau_min=float(tau[1]), tau_schedule=str(o.get("tas_tau_schedule", "cosine")),
-        samples=int(o.get("tas_samples", 2)), progress=bool(o.get("tas_progress", True)))
+        samples=int(o.get("tas_samples", 2)), per_width_bn=bool(o.get("tas_per_width_bn", True)),
+        progress=bool(o.get("tas_progress", True)))
 
 
 def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[int]]:
@@ -65,6 +67,8 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gated, gates = install_gates(inp.gm, ga)
+        width_weights, norms = (install_width_norms(gated, ga, gids, len(fractions), lambda name: _owner(ga, name))
+                                if cfg.per_width_bn else (None, {}))
         device = next((p.device for p in gated.parameters()), torch.device("cpu"))
         terms, fixed = cost.terms(budget.kind)
         generator = torch.Generator().manual_seed(seed)
@@ -75,17 +79,33 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
         checkpoint = SearchCheckpoint(inp.options.get("tas_checkpoint"), "tas", _fingerprint(
             ga, gids, fractions, cfg, budget, seed, inp.round_to, depth.space.sizes if depth is not None else []))
         t0 = time.perf_counter()
-        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint, depth)
+        log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint, depth,
+                     width_weights)
         broadcast_state(gated)  # a distributed search: rank 0's BatchNorm statistics everywhere
         inp.options["tas_search_s"] = round(time.perf_counter() - t0, 3)
-    if inp.options.get("tas_inherit", False):
-        inp.gm.load_state_dict(gated.state_dict(), strict=False)
     choice = {gid: int(k) for gid, k in zip(gids, alpha.detach().argmax(1).tolist())}
+    if inp.options.get("tas_inherit", False):
+        _inherit(inp.gm, gated, norms, choice, gids)
     inp.options[RESULT_KEY] = [[gid, fractions[k]] for gid, k in choice.items()]
     inp.options["tas_log"] = [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]
     if depth is not None:
         measure = _record_depths(inp, depth, cost, budget.kind)
     return fit_budget(space, choice, lambda keep: measure(RewriteContext(ga, repair(ga, keep, {}))), target)
+
+
+def _owner(ga, module: str) -> int | None:
+    """The channel group of a BatchNorm's channels."""
+    dims = ga.analysis.params.get(f"{module}.weight") or {}
+    return group_of_array(ga, dims.get(0))
+
+
+def _inherit(gm, gated, norms: dict, choice: dict[int, int], gids: list[int]) -> None:
+    """The search-trained weights into the model: every tensor of the same shape, and each per-width norm's
+    most probable width."""
+    own = gm.state_dict()
+    gm.load_state_dict({k: v for k, v in gated.state_dict().items() if k in own and own[k].shape == v.shape},
+                       strict=False)
+    collapse(norms, choice, gids, gm)
 
 
 def _depth_search(inp: ScoreInput, budget, gated, device: torch.device,

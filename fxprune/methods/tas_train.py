@@ -22,6 +22,7 @@ from .gates import ChannelGates
 from .search_dist import average_gradients
 from .search_state import SearchCheckpoint
 from .tas_depth import DepthSearch
+from .tas_norms import WidthWeights
 from .tas_space import ExpectedCost, WidthSpace, sample_two
 
 
@@ -40,6 +41,7 @@ class SearchConfig:
     tau_min: float = 0.1
     tau_schedule: str = "cosine"
     samples: int = 2
+    per_width_bn: bool = True  # one BatchNorm affine pair per candidate width (the official code)
     progress: bool = True
 
 
@@ -69,7 +71,7 @@ def one_hot_argmax(alpha: torch.Tensor) -> torch.Tensor:
 def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expected: ExpectedCost,
            alpha: torch.nn.Parameter, data, target: float, fixed: float, cfg: SearchConfig,
            generator: torch.Generator, checkpoint: SearchCheckpoint | None = None,
-           depth: DepthSearch | None = None) -> list[dict]:
+           depth: DepthSearch | None = None, width_weights: WidthWeights | None = None) -> list[dict]:
     """Run the search in place (the weights of `gated`, `alpha`); returns a per-epoch log. With a
     `checkpoint`, the state is saved after every epoch and a saved search continues where it stopped."""
     device = alpha.device
@@ -93,7 +95,7 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             tau = tau_at(cfg, step / max(total - 1, 1))
             if i % 2 == 0:
-                gates.set(space.flat(sample_two(alpha.detach(), tau, cfg.samples, generator)))
+                _set(gates, width_weights, space, sample_two(alpha.detach(), tau, cfg.samples, generator))
                 if depth is not None:
                     depth.sample(tau, cfg.samples, generator, grad=False)
                 loss = F.cross_entropy(logits_of(gated(x)).float(), y)
@@ -105,7 +107,7 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
                 sums["w_loss"] += float(loss.detach())
                 sums["n_w"] += 1
             else:
-                gates.set(space.flat(sample_two(alpha, tau, cfg.samples, generator)))
+                _set(gates, width_weights, space, sample_two(alpha, tau, cfg.samples, generator))
                 if depth is not None:
                     depth.sample(tau, cfg.samples, generator, grad=True)
                 ce = F.cross_entropy(logits_of(gated(x)).float(), y)
@@ -134,9 +136,18 @@ def search(gated: fx.GraphModule, gates: ChannelGates, space: WidthSpace, expect
                              "log": log, "step": step, "epoch": epoch + 1})
     bar.close()
     gates.set(None)
+    if width_weights is not None:
+        width_weights.set(one_hot_argmax(alpha.detach()))
     if depth is not None:
         depth.gates.set(None)
     return log
+
+
+def _set(gates: ChannelGates, width_weights: WidthWeights | None, space: WidthSpace, w: torch.Tensor) -> None:
+    """The sampled (groups, candidates) weighting drives the channel gates and the per-width norms."""
+    gates.set(space.flat(w))
+    if width_weights is not None:
+        width_weights.set(w)
 
 
 def _active(depth: DepthSearch | None, argmax: bool) -> torch.Tensor | None:
