@@ -26,16 +26,8 @@ SMALL = dict(jst_coarse_epochs=1, jst_search_epochs=1, jst_train_batches=2, jst_
 X = torch.randn(1, 3, 32, 32)
 
 
-def _data(n=8, bs=8, seed=0):
-    return random_batches(n, bs, seed)
-
-
-def _resnet():
-    return seeded_resnet20()
-
-
 def _space(round_to=1):
-    gm, ga = _prepare(_resnet(), (X,), True, (), None)
+    gm, ga = _prepare(seeded_resnet20(), (X,), True, (), None)
     return gm, ga, ChannelWeights(ga, _channel_groups(ga, set()), round_to)
 
 
@@ -103,8 +95,8 @@ def test_thresnet_has_one_branch_per_distinct_group_size_and_reinforce_follows_t
 
 
 def test_resnet20_meets_the_budget_and_the_slim_model_scores_what_the_search_scored():
-    data = _data()
-    gm, ga, cost, keep, plan, opts = _search(_resnet(), X, data, Budget("flops", 0.5))
+    data = random_batches()
+    gm, ga, cost, keep, plan, opts = _search(seeded_resnet20(), X, data, Budget("flops", 0.5))
     ratio = cost.flops(RewriteContext(ga, keep)) / cost.flops(None)
     assert ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["jst_cost_ratio"], abs=1e-4)
     assert len(opts["jst_searched_fractions"]) == len(opts["jst_thresholds"]) > 10
@@ -121,25 +113,25 @@ def test_prune_with_jst_on_the_cifar_subset_is_deterministic_and_replays():
     runs = []
     for _ in range(2):
         train, _ = cifar10_loaders(batch_size=32, train_limit=256, test_limit=10, seed=0)
-        runs.append(fxprune.prune(_resnet(), X, method="jst", flops=0.5, data=train, device="cpu", **SMALL))
+        runs.append(fxprune.prune(seeded_resnet20(), X, method="jst", flops=0.5, data=train, device="cpu", **SMALL))
     res = runs[0]
     assert res.report.flops_ratio <= 0.5 and res.report.search["seconds"] > 0
     assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
     assert fxprune.PruningPlan.from_json(res.plan.to_json()).method_options == res.plan.method_options
-    assert_slim_equals_masked(_resnet(), X, res.plan)
+    assert_slim_equals_masked(seeded_resnet20(), X, res.plan)
 
 
 def test_mobilenet_v3_small_random_data_meets_the_budget_and_slim_equals_masked():
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    gm, ga, cost, keep, plan, _ = _search(model, x, _data(n=6), Budget("params", 0.6), jst_coarse_epochs=0)
+    gm, ga, cost, keep, plan, _ = _search(model, x, random_batches(n=6), Budget("params", 0.6), jst_coarse_epochs=0)
     assert cost.params(RewriteContext(ga, keep)) <= 0.6 * cost.params(None) + 1e-6
     assert_slim_equals_masked(gm.eval(), x, plan, tol=1e-4)
 
 
 def test_scratch_init_re_initialises_the_model_before_the_search():
-    data, dense = _data(), _resnet()
+    data, dense = random_batches(), seeded_resnet20()
     a = fxprune.prune(dense, X, method="jst", flops=0.5, data=data, device="cpu", jst_init="scratch",
                       jst_lr=0.0, jst_arch_lr=0.0, **{**SMALL, "jst_coarse_epochs": 0})
     assert not torch.allclose(a.model.fc.bias, dense.fc.bias)  # with lr 0 only the re-initialisation changes it
@@ -152,9 +144,9 @@ class _Interrupt(Exception):
 def test_search_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     from fxprune.methods.jst_train import JSTSearch
 
-    data, ckpt = _data(), tmp_path / "jst.pt"
+    data, ckpt = random_batches(), tmp_path / "jst.pt"
     options = dict(jst_coarse_epochs=1, jst_search_epochs=2)
-    whole = _search(_resnet(), X, data, Budget("flops", 0.5), **options)
+    whole = _search(seeded_resnet20(), X, data, Budget("flops", 0.5), **options)
     real, calls = JSTSearch._search_epoch, []
 
     def stop_in_the_second_search_epoch(self, epoch):
@@ -165,13 +157,13 @@ def test_search_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(JSTSearch, "_search_epoch", stop_in_the_second_search_epoch)
     with pytest.raises(_Interrupt):
-        _search(_resnet(), X, data, Budget("flops", 0.5), jst_checkpoint=str(ckpt), **options)
+        _search(seeded_resnet20(), X, data, Budget("flops", 0.5), jst_checkpoint=str(ckpt), **options)
     monkeypatch.setattr(JSTSearch, "_search_epoch", real)
     torch.manual_seed(7)
     resumed = _search(resnet20().eval(), X, data, Budget("flops", 0.5), jst_checkpoint=str(ckpt), **options)
     assert resumed[3] == whole[3] and resumed[5]["jst_log"] == whole[5]["jst_log"]
     with pytest.raises(ValueError, match="belongs to another search"):
-        _search(_resnet(), X, data, Budget("flops", 0.4), jst_checkpoint=str(ckpt), **options)
+        _search(seeded_resnet20(), X, data, Budget("flops", 0.4), jst_checkpoint=str(ckpt), **options)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -182,10 +174,10 @@ def test_search_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     ({"flops": 0.5, "jst_train_batches": 20}, "only 8"),
 ])
 def test_bad_options_are_named(kwargs, message):
-    dense = _resnet()
+    dense = seeded_resnet20()
     before = {k: v.clone() for k, v in dense.state_dict().items()}
     with pytest.raises(ValueError, match=message):
-        fxprune.prune(dense, X, method="jst", data=_data(), device="cpu", **{**SMALL, **kwargs})
+        fxprune.prune(dense, X, method="jst", data=random_batches(), device="cpu", **{**SMALL, **kwargs})
     assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
     with pytest.raises(ValueError, match="needs training data"):
         fxprune.prune(dense, X, method="jst", flops=0.5)
@@ -201,7 +193,7 @@ def test_uniform_threshold_is_the_largest_that_fits():
     measure = lambda k: cost.flops(RewriteContext(ga, repair(ga, k, {})))  # noqa: E731
     dense = cost.flops(None)
     gated, gates = install_gates(gm, ga)
-    s = JSTSearch(gated, gates, space, JSTConfig(progress=False, train_batches=1, val_batches=1), _data(), None,
+    s = JSTSearch(gated, gates, space, JSTConfig(progress=False, train_batches=1, val_batches=1), random_batches(), None,
                   measure, dense, 0.5 * dense, torch.Generator(), SearchCheckpoint(None, "jst", {}))
     t = s.uniform_threshold()
     n = len(space.gids)
