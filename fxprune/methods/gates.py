@@ -98,6 +98,14 @@ class ChannelGates(nn.Module):
         return self.flat[index].prod(1)
 
 
+def inherit_weights(gm: nn.Module, gated: nn.Module) -> None:
+    """Copy the search-trained state of a gated copy into `gm`: every entry `gm` has with the same shape
+    (the gates' own buffers and reshaped search-only tensors are left out)."""
+    own = gm.state_dict()
+    gm.load_state_dict({k: v for k, v in gated.state_dict().items() if k in own and own[k].shape == v.shape},
+                       strict=False)
+
+
 def install_gates(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]] | None = None
                   ) -> tuple[fx.GraphModule, ChannelGates]:
     """A deep copy of `gm` whose every mask is computed by one `ChannelGates` module (returned too).

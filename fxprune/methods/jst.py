@@ -27,12 +27,12 @@ import dataclasses
 import time
 
 import torch
-from torch import nn
 
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
+from ..train.runtime import reinitialise
 from .calibration import batches, batches_after, recalibrate_norms, require_cost_budget, require_data, score_batches
-from .gates import install_gates
+from .gates import inherit_weights, install_gates
 from .jst_space import ChannelWeights
 from .jst_train import JSTConfig, JSTSearch
 from .registry import ScoreInput, register_method
@@ -87,7 +87,7 @@ def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if o["jst_init"] == "scratch":
-            _reinitialise(inp.gm)
+            reinitialise(inp.gm)
         gated, gates = install_gates(inp.gm, ga)
         device = next((p.device for p in gated.parameters()), torch.device("cpu"))
         space = ChannelWeights(ga, gids, inp.round_to).to(device)
@@ -100,19 +100,13 @@ def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
         search.run()
         best, score, scored = _choose(search, gated, gates, space, data, val_data, o, device)
         broadcast_state(gated)  # a distributed search: rank 0's weights and statistics everywhere
-    inp.gm.load_state_dict({k: v for k, v in gated.state_dict().items() if k in inp.gm.state_dict()})
+    inherit_weights(inp.gm, gated)
     _record(inp, search, best, score, scored, measure(best) / dense, ga, time.perf_counter() - t0)
     return best
 
 
 def _fingerprint_config(cfg: JSTConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "candidates")}
-
-
-def _reinitialise(gm: nn.Module) -> None:
-    for m in gm.modules():
-        if hasattr(m, "reset_parameters") and m is not gm:
-            m.reset_parameters()
 
 
 def _choose(search: JSTSearch, gated, gates, space: ChannelWeights, data, val_data, o: dict, device):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
+from ..train.runtime import reinitialise
 from ..train.losses import logits_of
 from .calibration import (batches, batches_after, batches_per_epoch, require_cost_budget, require_data,
                           score_batches)
@@ -184,9 +185,7 @@ def _initialise(inp: ScoreInput, pnet: PruningNet, best: tuple[int, ...], calib:
     then keeps each group's first channels), or re-initialise it."""
     gm = inp.gm
     if how == "scratch":
-        for m in gm.modules():
-            if hasattr(m, "reset_parameters") and m is not gm:
-                m.reset_parameters()
+        reinitialise(gm)
         return
     pnet.set(best)
     pnet.recalibrate(calib)

@@ -22,7 +22,7 @@ import torch
 
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
-from .gates import group_of_array, install_gates
+from .gates import group_of_array, inherit_weights, install_gates
 from .magnitude import magnitude_scores
 from .registry import ScoreInput, register_method
 from .search_dist import broadcast_state, search_data
@@ -102,9 +102,7 @@ def _owner(ga, module: str) -> int | None:
 def _inherit(gm, gated, norms: dict, choice: dict[int, int], gids: list[int]) -> None:
     """The search-trained weights into the model: every tensor of the same shape, and each per-width norm's
     most probable width."""
-    own = gm.state_dict()
-    gm.load_state_dict({k: v for k, v in gated.state_dict().items() if k in own and own[k].shape == v.shape},
-                       strict=False)
+    inherit_weights(gm, gated)
     collapse(norms, choice, gids, gm)
 
 
