@@ -200,3 +200,28 @@ def test_uniform_threshold_is_the_largest_that_fits():
     assert measure(space.sample(torch.full((n,), t), 0.0, None).keep()) <= 0.5 * dense
     assert measure(space.sample(torch.full((n,), t + 0.02), 0.0, None).keep()) > 0.5 * dense
     assert np.isclose(t, 0.7, atol=0.1)  # uniform alpha: ~sqrt(0.5) of the channels for half the FLOPs
+
+
+def test_ranked_keeps_the_kept_channels_first_then_the_rest_by_alpha():
+    _, ga, space = _space()
+    gid = space.gids[0]
+    with torch.no_grad():
+        space.alpha[0].copy_(torch.randn(space.alpha[0].shape, generator=torch.Generator().manual_seed(3)))
+    keep = {g: list(range(2)) if g == gid else list(range(ga.groups[g].size)) for g in space.gids}
+    draw = space.ranked(keep)
+    order, alpha = draw.order[gid], space.alpha[0].detach()
+    assert sorted(order[:2]) == [0, 1] and draw.counts[gid] == 2
+    rest = alpha[order[2:]]
+    assert torch.all(rest[:-1] >= rest[1:])  # the channels a grown group adds: highest alpha first
+    assert draw.keep_count(gid, 5) == sorted(order[:5])
+
+
+def test_final_choice_is_grown_to_the_budget_unless_told_not_to():
+    data = random_batches()
+    ratios = {}
+    for fill in (True, False):
+        gm, ga, cost, keep, plan, opts = _search(seeded_resnet20(), X, data, Budget("flops", 0.5),
+                                                 jst_fill_budget=fill)
+        ratios[fill] = cost.flops(RewriteContext(ga, keep)) / cost.flops(None)
+    assert ratios[False] < 0.46  # sampled sub-networks land under the budget (0.44 here)
+    assert 0.49 < ratios[True] <= 0.5 + 1e-6

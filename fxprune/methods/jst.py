@@ -14,7 +14,8 @@ the default starts from the weights given.
    next batches of `data`), and its reward -(validation loss + `jst_gamma` x cost / dense cost) trains
    ThresNet by REINFORCE every `jst_samples` sub-networks (T).
 3. The best sub-network: the `jst_candidates` best-rewarded sub-networks and ThresNet's noise-free one, each
-   with its BN statistics recomputed on `jst_calib_batches` training batches and scored by top-1 accuracy on
+   grown to use the budget (`jst_fill_budget`: every group's count by the largest common factor that fits,
+   the channels added in alpha order; the reward's cost term leaves them under it), each with its BN statistics recomputed on `jst_calib_batches` training batches and scored by top-1 accuracy on
    `jst_eval_batches` held-out batches. Its channels are kept and the searched weights (with the recomputed
    statistics) are written into the model, so the slim model computes exactly the scored sub-network without
    the channel scales; fine-tune it to convergence with `finetune=`.
@@ -31,6 +32,7 @@ import torch
 from ..rewrite.context import RewriteContext
 from ..select import _channel_groups, repair
 from ..train.runtime import reinitialise
+from .budget_fit import scale_to_fit
 from .calibration import batches, batches_after, recalibrate_norms, require_cost_budget, require_data, score_batches
 from .gates import inherit_weights, install_gates
 from .jst_space import ChannelWeights
@@ -41,7 +43,7 @@ from .search_state import SearchCheckpoint
 
 INITS = ("model", "scratch")
 OPTION_OF = {f.name: "jst_" + f.name for f in dataclasses.fields(JSTConfig) if f.name not in ("progress", "batches")}
-EXTRA = {"jst_init": "model", "jst_calib_batches": 4, "jst_eval_batches": 4, "seed": 0}
+EXTRA = {"jst_init": "model", "jst_calib_batches": 4, "jst_eval_batches": 4, "jst_fill_budget": True, "seed": 0}
 
 
 def config_of(options: dict) -> JSTConfig:
@@ -121,6 +123,8 @@ def _choose(search: JSTSearch, gated, gates, space: ChannelWeights, data, val_da
         raise ValueError("method 'jst' got too few batches to choose its sub-network: it needs jst_calib_batches + "
                          "jst_eval_batches batches of data (or jst_val_data).")
     keeps = [{g: c for g, c in cand["keep"]} for cand in search.candidates] + [search.mean_subnetwork()]
+    if o["jst_fill_budget"]:
+        keeps = [_filled(search, space, k) for k in keeps]
     keeps = [k for i, k in enumerate(keeps) if k not in keeps[:i]]
     scores = []
     for keep in keeps:
@@ -132,6 +136,13 @@ def _choose(search: JSTSearch, gated, gates, space: ChannelWeights, data, val_da
     recalibrate_norms(gated, calib)
     gates.set(None)
     return keeps[best], scores[best], len(keeps)
+
+
+def _filled(search: JSTSearch, space: ChannelWeights, keep: dict) -> dict:
+    """`keep` grown by the largest common factor that fits the budget (channels added in alpha order)."""
+    draw = space.ranked(keep)
+    sizes = {g: space.ga.groups[g].size for g in keep}
+    return scale_to_fit(draw.counts, sizes, draw.keep_count, search.measure, search.target)
 
 
 def _record(inp: ScoreInput, search: JSTSearch, best: dict, score: float, scored: int, ratio: float, ga,

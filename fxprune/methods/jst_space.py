@@ -87,6 +87,16 @@ class ChannelWeights(nn.Module):
         """ThresNet's inputs: each group's n x softmax(alpha), sorted descending (detached)."""
         return [(a.numel() * F.softmax(a.detach(), dim=0)).sort(descending=True).values for a in self.alpha]
 
+    def ranked(self, keep: dict[int, list[int]]) -> Draw:
+        """`keep` as a draw: in each group its kept channels first, then the others, each part by alpha
+        (descending) -- growing it adds the channels JST weighs most."""
+        order = {}
+        for gid, a in zip(self.gids, self.alpha):
+            kept = set(keep[gid])
+            score = a.detach().cpu().double().numpy()
+            order[gid] = np.lexsort((np.arange(len(score)), -score, [c not in kept for c in range(len(score))])).tolist()
+        return Draw(order, {gid: len(keep[gid]) for gid in self.gids}, self)
+
     def sample(self, thresholds: torch.Tensor, noise: float, generator: torch.Generator | None) -> Draw:
         """Algorithm 1 per group: alpha + noise, softmax, ranked; kept until the cumulative probability reaches
         the group's threshold (`noise` 0 or no generator: no perturbation)."""
