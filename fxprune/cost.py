@@ -3,7 +3,8 @@
 Dense FLOPs per node come from torch.utils.flop_counter (recorded by the tracer). A node's FLOPs after
 pruning are its dense FLOPs times the kept fraction of each channel dimension of its iteration space:
 the dims of its weight for convs and linears, otherwise its labelled output dims and the channels it
-contracts. Parameters scale with the kept fraction of each labelled dim.
+contracts. Fused attention nodes are split into their parts first (fxprune/cost_terms.py), each part
+with the dims its own work iterates over. Parameters scale with the kept fraction of each labelled dim.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.fx as fx
 from torch import nn
 
 from .analysis.analyse import GraphAnalysis
+from .cost_terms import split_terms
 from .flops import FlopCounter
 from .rewrite.context import RewriteContext
 from .trace import META_FLOPS, as_input_tuple
@@ -48,8 +50,9 @@ class CostModel:
         for node in gm.graph.nodes:
             flops = int(node.meta.get(META_FLOPS, 0) or 0)
             if flops:
-                model.flop_terms.append((flops, _iteration_dims(a, node, sites)))
-                model.flop_nodes.append(node.name)
+                terms = split_terms(a, gm, node, flops) or [(flops, _iteration_dims(a, node, sites))]
+                model.flop_terms.extend(terms)
+                model.flop_nodes.extend([node.name] * len(terms))
         labelled = set(a.params)
         for name, p in _all_tensors(gm):
             if name in labelled:
