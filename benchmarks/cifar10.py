@@ -126,6 +126,7 @@ METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of m
                       "tas_epochs": max(1, b.profile.finetune_epochs // 3)},
     "dcp": lambda b: {"progress": not b.quiet, **({"dcp_batches": 2, "dcp_chunk": 4} if b.profile.quick else {})},
     "metapruning": lambda b: {"progress": not b.quiet, "metapruning_epochs": max(1, b.profile.finetune_epochs // 3),
+                              "metapruning_lr": b.profile.finetune_lr,  # the PruningNet starts at the dense model
                               **({"metapruning_population": 6, "metapruning_parents": 2, "metapruning_mutations": 3,
                                   "metapruning_crossovers": 3, "metapruning_iterations": 2,
                                   "metapruning_calib_batches": 2, "metapruning_val_batches": 2}

@@ -3,6 +3,8 @@ on the vendored CIFAR-10 subset, a MobileNetV3-small on random data), checked ag
 masked model and the PruningNet's own scores."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,7 @@ from fxprune.rewrite.context import RewriteContext
 from fxprune.select import Budget
 from fxprune.zoo import resnet20
 
-from helpers import assert_slim_equals_masked, random_batches, run_search, seeded_resnet20
+from helpers import assert_slim_equals_masked, random_batches, rel_err, run_search, seeded_resnet20
 
 SMALL = dict(metapruning_population=6, metapruning_parents=2, metapruning_mutations=3, metapruning_crossovers=3,
              metapruning_iterations=2, metapruning_calib_batches=2, metapruning_val_batches=2, progress=False)
@@ -192,3 +194,50 @@ def test_pruningnet_parts_move_with_the_network():
     floats = [t for t in (*pnet.net.parameters(), *pnet.net.buffers()) if t.is_floating_point()]
     assert {t.dtype for t in floats} == {torch.float64}
     assert pnet.state.ratios.dtype == torch.float64 and pnet.generated_weights()
+
+
+def _pruningnet(model, affine=True):
+    from fxprune.methods.pruningnet import PruningNet
+    from fxprune.methods.tas_space import WidthSpace
+    from fxprune.select import _channel_groups
+    import numpy as np
+
+    gm, ga = _prepare(model, (X,), True, (), None)
+    scores = {g.id: -np.arange(g.size, dtype=float) for g in ga.groups}
+    pnet = PruningNet(gm, ga, WidthSpace.build(ga, _channel_groups(ga, set()), scores, (0.5, 1.0)), affine)
+    pnet.set(tuple(len(pnet.space.fractions) - 1 for _ in pnet.space.gids))  # full width
+    pnet.net.train()
+    return pnet
+
+
+def _with_random_affine_norms(model):
+    gen = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=gen)
+            m.bias.data.normal_(0.0, 0.3, generator=gen)
+    return model
+
+
+def test_full_width_pruningnet_computes_the_model_when_its_affine_norms_are_kept():
+    x = torch.randn(8, 3, 32, 32)
+    model = _with_random_affine_norms(_resnet()).train()
+    with torch.no_grad():
+        dense = model(x)  # train mode: batch statistics, as the PruningNet's norms in training
+        kept, dropped = (_pruningnet(copy.deepcopy(model), affine).net(x) for affine in (True, False))
+    assert rel_err(kept, dense) < 1e-2  # the generators start at the weights (up to their small FC term)
+    assert rel_err(dropped, dense) > 0.1  # the official non-affine norms forget the model's (gamma, beta)
+
+
+def test_an_sgd_step_moves_a_generated_weight_about_as_far_as_the_plain_weight():
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    model = _resnet().train()
+    pnet = _pruningnet(copy.deepcopy(model))
+    before = pnet.generated_weights()
+    opt = torch.optim.SGD([p for p in pnet.net.parameters() if p.requires_grad], lr=0.01)
+    F.cross_entropy(pnet.net(x), y).backward()
+    opt.step()
+    F.cross_entropy(model(x), y).backward()
+    for name, w in pnet.generated_weights().items():
+        plain_step = 0.01 * model.get_submodule(name).weight.grad.norm()
+        assert 1.0 <= float((w - before[name]).norm() / plain_step) < 2.0, name

@@ -1,7 +1,8 @@
 """MetaPruning (Liu et al., ICCV 2019): a PruningNet trained on random widths, then an evolutionary search.
 
 1. `PruningNet` (pruningnet.py) is generated for the traced model: weight generators for every conv / linear
-   touching a searched group, per-width non-affine BN.
+   touching a searched group, per-width BN statistics (the model's affine pair kept and shared by the widths;
+   `metapruning_bn_affine=False`: non-affine, as the official code).
 2. Stochastic structure sampling: every training step draws one width choice per group uniformly among
    `metapruning_fractions` (default 31 values, 0.10 ... 1.00, as the official code) and trains the
    PruningNet end to end with cross-entropy.
@@ -46,11 +47,12 @@ DEFAULTS = {"metapruning_epochs": 1, "metapruning_batches": None, "metapruning_l
             "metapruning_momentum": 0.9, "metapruning_weight_decay": 4e-5, "metapruning_window": 0.1,
             "metapruning_calib_batches": 4, "metapruning_val_batches": 4, "metapruning_population": 50,
             "metapruning_parents": 10, "metapruning_mutations": 25, "metapruning_crossovers": 25,
-            "metapruning_mutate_p": 0.1, "metapruning_iterations": 20, "metapruning_init": "generated",
+            "metapruning_mutate_p": 0.1, "metapruning_iterations": 20, "metapruning_init": "generated", "metapruning_bn_affine": True,
             "seed": 0, "progress": True}
 INITS = ("generated", "scratch")
+GENERATOR_VERSION = 2  # in the checkpoint's fingerprint: 2 = the 1/sqrt(hidden)-scaled generators
 TRAINING = ("metapruning_epochs", "metapruning_batches", "metapruning_lr", "metapruning_momentum",
-            "metapruning_weight_decay")  # the options a PruningNet checkpoint depends on
+            "metapruning_weight_decay", "metapruning_bn_affine")  # the options a PruningNet checkpoint depends on
 
 
 def options_of(inp: ScoreInput) -> dict:
@@ -127,12 +129,12 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         device = next((p.device for p in inp.gm.parameters()), torch.device("cpu"))
-        pnet = PruningNet(inp.gm, ga, space)
+        pnet = PruningNet(inp.gm, ga, space, bool(o["metapruning_bn_affine"]))
         pnet.net.to(device)  # the generators and per-width norms are made on the CPU
         generator = torch.Generator().manual_seed(seed)
         checkpoint = SearchCheckpoint(inp.options.get("metapruning_checkpoint"), "metapruning", {
             "graph": ga.signature, "groups": list(space.gids), "fractions": list(fractions), "seed": seed,
-            "options": {k: o[k] for k in TRAINING}})
+            "options": {k: o[k] for k in TRAINING}, "generator": GENERATOR_VERSION})
         train_log = train_pruningnet(pnet, data, o, device, generator, checkpoint)
         calib = list(batches(data, int(o["metapruning_calib_batches"]), device))
         val_source = search_data(inp.options.get("metapruning_val_data"), "metapruning_val_data")
@@ -198,9 +200,9 @@ def _initialise(inp: ScoreInput, pnet: PruningNet, best: tuple[int, ...], calib:
             k = norm.state[0].choice_of(norm.gid)
             bn.running_mean.copy_(norm.running_mean[k])
             bn.running_var.copy_(norm.running_var[k])
-            if bn.affine:
-                bn.weight.fill_(1.0)
-                bn.bias.zero_()
+            if bn.affine:  # the shared affine pair the PruningNet trained, or identity (the non-affine norm)
+                bn.weight.copy_(norm.weight) if norm.weight is not None else bn.weight.fill_(1.0)
+                bn.bias.copy_(norm.bias) if norm.bias is not None else bn.bias.zero_()
         trained = dict(pnet.net.named_parameters())
         for name, p in gm.named_parameters():  # the other weights the PruningNet trained (biases, classifier)
             if name in trained and trained[name].shape == p.shape:

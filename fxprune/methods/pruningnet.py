@@ -3,7 +3,8 @@
 Every conv / linear module whose weight carries a channel group gets a weight generator (two FC layers:
 the width ratios of its input and output groups -> 32 hidden -> the full weight, installed as a
 `torch.nn.utils.parametrize` parametrization), and every BatchNorm of a searched group is replaced by a
-non-affine BatchNorm with one set of running statistics per width choice (the official code's per-width BN).
+BatchNorm with one set of running statistics per width choice (the official code's per-width BN; the model's
+own affine parameters are kept, shared by the widths, unless `metapruning_bn_affine=False`).
 A candidate's widths (first channels kept, frozen ones always) are applied with the soft masks of
 `fxprune.methods.gates`: zeroing an input channel at every consumer is what cropping the generated weight
 does. The generator's bias starts at the module's current weight, so a trained model starts the PruningNet
@@ -51,7 +52,12 @@ class WidthState(nn.Module):
 
 
 class Generated(nn.Module):
-    """The parametrization: weight = FC(relu(FC([in ratio, out ratio]))) reshaped (the original is unused)."""
+    """The parametrization: weight = FC(relu(FC([in ratio, out ratio]))) reshaped (the original is unused).
+
+    The second FC's matrix product is scaled by 1/sqrt(hidden): an SGD step then moves the generated weight
+    by about the step of the weight itself (the bias path) plus a fraction of it (the width-dependent path).
+    Unscaled, the hidden units' squared norm (about 10) multiplies the effective learning rate of every
+    generated weight, and one epoch at the model's own learning rate wrecks a trained model."""
 
     def __init__(self, weight: torch.Tensor, state: WidthState, in_slot: int, out_slot: int) -> None:
         super().__init__()
@@ -67,18 +73,27 @@ class Generated(nn.Module):
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         ratios = self.state[0].ratios
         x = torch.stack([ratios[self.in_slot], ratios[self.out_slot]]).to(self.fc1.weight.dtype)
-        return self.fc2(F.relu(self.fc1(x))).view(self.shape)
+        hidden = F.relu(self.fc1(x))
+        return (self.fc2.bias + F.linear(hidden, self.fc2.weight) * HIDDEN ** -0.5).view(self.shape)
 
 
 class PerWidthBatchNorm(nn.Module):
-    """Non-affine batch norm with one set of running statistics per width choice of its group."""
+    """Batch norm with one set of running statistics per width choice of its group.
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, state: WidthState, gid: int, choices: int) -> None:
+    `affine=False` is the official code's non-affine norm. `affine=True` keeps the model's own per-channel
+    (gamma, beta), shared by every width (a group keeps its first channels, so channel c is the same channel at
+    every width): a trained model's PruningNet then starts at the model's own function at full width."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, state: WidthState, gid: int, choices: int,
+                 affine: bool = True) -> None:
         super().__init__()
         self.state, self.gid, self.eps, self.momentum = [state], gid, bn.eps, bn.momentum
         self.register_buffer("running_mean", torch.zeros(choices, bn.num_features))
         self.register_buffer("running_var", torch.ones(choices, bn.num_features))
         self.register_buffer("tracked", torch.zeros(choices, dtype=torch.long))
+        keep = affine and bn.affine
+        self.weight = nn.Parameter(bn.weight.detach().clone()) if keep else None
+        self.bias = nn.Parameter(bn.bias.detach().clone()) if keep else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.state[0].choice_of(self.gid)
@@ -86,8 +101,8 @@ class PerWidthBatchNorm(nn.Module):
         if self.training:
             self.tracked[k] += 1
             factor = 1.0 / float(self.tracked[k]) if self.momentum is None else self.momentum
-        return F.batch_norm(x, self.running_mean[k], self.running_var[k], None, None, self.training, factor,
-                            self.eps)
+        return F.batch_norm(x, self.running_mean[k], self.running_var[k], self.weight, self.bias, self.training,
+                            factor, self.eps)
 
     def reset(self) -> None:
         """Forget the current width choice's statistics (before a recalibration)."""
@@ -100,8 +115,8 @@ class PerWidthBatchNorm(nn.Module):
 class PruningNet:
     """A gated copy of the traced module with generated weights and per-width BN (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, ga: GraphAnalysis, space: WidthSpace) -> None:
-        self.space = space
+    def __init__(self, gm: fx.GraphModule, ga: GraphAnalysis, space: WidthSpace, bn_affine: bool = True) -> None:
+        self.space, self.bn_affine = space, bn_affine
         self.net, self.gates = install_gates(gm, ga)
         self.state = WidthState(space)
         self.net.add_module("fxprune_widths", self.state)
@@ -135,7 +150,7 @@ class PruningNet:
             gid = group_of_array(ga, dims.get(0))
             if gid not in self.state.slot:
                 continue
-            norm = PerWidthBatchNorm(module, self.state, gid, len(self.space.fractions))
+            norm = PerWidthBatchNorm(module, self.state, gid, len(self.space.fractions), self.bn_affine)
             parent, _, child = name.rpartition(".")
             setattr(self.net.get_submodule(parent) if parent else self.net, child, norm)
             out[name] = norm
