@@ -109,6 +109,7 @@ class Bench:
     test: object
     x: torch.Tensor
     quiet: bool
+    cache: Path | None = None  # dense models and search checkpoints
 
     def recipe(self, epochs: int, lr: float, **extra) -> Finetune:
         return Finetune(epochs=epochs, lr=lr, schedule="onecycle", warmup=0.15, momentum=0.9, nesterov=True,
@@ -127,6 +128,8 @@ METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of m
     "dcp": lambda b: {"progress": not b.quiet, **({"dcp_batches": 2, "dcp_chunk": 4} if b.profile.quick else {})},
     "metapruning": lambda b: {"progress": not b.quiet, "metapruning_epochs": max(1, b.profile.finetune_epochs // 3),
                               "metapruning_lr": b.profile.finetune_lr,  # the PruningNet starts at the dense model
+                              **({"metapruning_checkpoint": str(b.cache / f"cifar10-{b.name}-metapruning.pt")}
+                                 if b.cache else {}),  # metapruning and metapruning-scratch share one search
                               **({"metapruning_population": 6, "metapruning_parents": 2, "metapruning_mutations": 3,
                                   "metapruning_crossovers": 3, "metapruning_iterations": 2,
                                   "metapruning_calib_batches": 2, "metapruning_val_batches": 2}
@@ -138,7 +141,8 @@ METHOD_OPTIONS: dict[str, Callable[[Bench], dict]] = {  # protocol settings of m
 NOTES: dict[str, Callable[[Profile], str]] = {
     "slimming": lambda p: f"sparsity phase {p.sparsity_epochs} epochs (lambda 1e-4) included in prune_s",
     "metapruning-scratch": lambda p: f"searched architecture re-initialised, trained {p.scratch_epochs} epochs with the "
-                                     f"dense recipe (as uniform-scratch)",
+                                     f"dense recipe (as uniform-scratch); the search is resumed from the metapruning "
+                                     f"run's checkpoint when that ran first",
     "jst": lambda p: "re-initialised (no pre-trained model): coarse {jst_coarse_epochs} + search {jst_search_epochs} "
                      "epochs in prune_s, + {ft} fine-tune epochs".format(ft=p.finetune_epochs, **jst_epochs(p)),
 }
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated runs (default: %(default)s)")
     ap.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--out", default=str(ROOT / "results"))
-    ap.add_argument("--cache", help="where the dense model is kept (default: <out>/../cache)")
+    ap.add_argument("--cache", help="where the dense model and search checkpoints are kept (default: <out>/../cache)")
     ap.add_argument("--retrain-dense", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="rebuild .md and .png from the .json")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -379,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         return data
     bench = make_bench(args.profile, args.data, args.device, args.quiet)
     cache = Path(args.cache) if args.cache else out.parent / "cache"
+    bench.cache = cache
     dense, dense_rec = dense_model(bench, cache, args.retrain_dense)
     env = environment(bench)
     data = merge(path, env, [dense_rec])
