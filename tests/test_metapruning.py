@@ -161,8 +161,11 @@ def test_pruningnet_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(mp, "evolve", real)
     torch.manual_seed(7)
     resumed = _search(resnet20().eval(), X, data, Budget("flops", 0.5), metapruning_epochs=2,
-                      metapruning_checkpoint=str(ckpt))[3]
-    assert resumed == whole
+                      metapruning_checkpoint=str(ckpt))
+    assert resumed[3] == whole
+    again = _search(resnet20().eval(), X, data, Budget("flops", 0.5), metapruning_epochs=2,  # all of it saved
+                    metapruning_checkpoint=str(ckpt))
+    assert again[3] == whole and again[5]["metapruning_cost_ratio"] == resumed[5]["metapruning_cost_ratio"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

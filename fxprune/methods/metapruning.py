@@ -145,11 +145,14 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
                              "metapruning_val_batches batches of data (or metapruning_val_data).")
         cost_of = {}
 
-        def fits(choice: tuple[int, ...]) -> bool:
+        def cost_of_choice(choice: tuple[int, ...]) -> float:
             if choice not in cost_of:
                 keep = repair(ga, space.keep_of(dict(zip(space.gids, choice))), {})
                 cost_of[choice] = measure(RewriteContext(ga, keep))
-            return (1 - float(o["metapruning_window"])) * target <= cost_of[choice] <= target + 1e-6
+            return cost_of[choice]
+
+        def fits(choice: tuple[int, ...]) -> bool:
+            return (1 - float(o["metapruning_window"])) * target <= cost_of_choice(choice) <= target + 1e-6
 
         def fitness(choice: tuple[int, ...]) -> float:
             pnet.set(choice)
@@ -169,7 +172,8 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
     inp.options["metapruning_log"] = [[r["iteration"], round(r["best"], 4)] for r in evo_log]
     inp.options["metapruning_train_loss"] = [round(r["loss"], 4) for r in train_log]
     inp.options["metapruning_best_accuracy"] = round(float(score), 4)
-    inp.options["metapruning_cost_ratio"] = round(cost_of[best] / dense, 4)
+    inp.options["metapruning_cost_ratio"] = round(cost_of_choice(best) / dense, 4)  # a finished search
+    # resumed from its checkpoint measured no candidate in this process
     inp.options["metapruning_search_s"] = round(time.perf_counter() - t0, 3)
     return space.keep_of(dict(zip(space.gids, best)))
 
