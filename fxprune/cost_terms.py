@@ -18,6 +18,7 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
+from .analysis.common import arg
 from .trace import META_SHAPE
 
 Term = tuple[float, list[np.ndarray]]  # dense FLOPs, the arrays whose kept fractions scale them
@@ -58,8 +59,6 @@ def _dims(a, param: str) -> dict[int, np.ndarray]:
 @register_splitter(nn.MultiheadAttention)
 def _mha(a, node: fx.Node, m: nn.MultiheadAttention) -> list[Term] | None:
     """q/k/v projections, scores, attention x values, output projection of `nn.MultiheadAttention`."""
-    from .analysis.common import arg
-
     rows = _dims(a, f"{node.target}.in_proj_weight")
     out = _dims(a, f"{node.target}.out_proj.weight")
     q_shape, k_shape = _shape(arg(node, 0, "query")), _shape(arg(node, 1, "key"))
@@ -78,8 +77,6 @@ def _mha(a, node: fx.Node, m: nn.MultiheadAttention) -> list[Term] | None:
 
 def _window_attention(a, node: fx.Node, _module: None) -> list[Term] | None:
     """qkv projection, scores and attention x values inside each window, output projection (Swin)."""
-    from .analysis.common import arg
-
     x_shape = _shape(node.args[0])
     qkv, proj = a.labels(node.args[1]), a.labels(node.args[2])
     window = arg(node, 4, "window_size")
