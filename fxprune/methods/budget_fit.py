@@ -29,6 +29,18 @@ def _largest_fitting(counts: dict[int, int], keep_count: KeepCount, fits: Callab
     return _keep_at(counts, keep_count, lo)
 
 
+def _fit(counts: dict[int, int], keep_count: KeepCount, measure: Measure, target: float, top: float,
+         steps: int) -> dict[int, list[int]]:
+    """Scaled down into `target` when over it, else up by a factor of at most `top` while it still fits."""
+    limit = target * (1 + 1e-9) + 1e-6
+    fits = lambda keep: measure(keep) <= limit  # noqa: E731
+    if not fits(_keep_at(counts, keep_count, 1.0)):
+        return _largest_fitting(counts, keep_count, fits, 0.0, 1.0, steps)
+    if top <= 1.0:
+        return _keep_at(counts, keep_count, 1.0)
+    return _largest_fitting(counts, keep_count, fits, 1.0, top, steps)
+
+
 def shrink_to_fit(counts: dict[int, int], keep_count: KeepCount, measure: Measure,
                   target: float, steps: int = 30) -> dict[int, list[int]]:
     """{group id: kept channels} of `counts` scaled by the largest common factor <= 1 that fits `target`.
@@ -37,11 +49,7 @@ def shrink_to_fit(counts: dict[int, int], keep_count: KeepCount, measure: Measur
     >>> shrink_to_fit({0: 8, 1: 4}, keep_count, lambda k: sum(len(v) for v in k.values()), 6.0)
     {0: [0, 1, 2, 3], 1: [0, 1]}
     """
-    limit = target * (1 + 1e-9) + 1e-6
-    fits = lambda keep: measure(keep) <= limit  # noqa: E731
-    if fits(_keep_at(counts, keep_count, 1.0)):
-        return _keep_at(counts, keep_count, 1.0)
-    return _largest_fitting(counts, keep_count, fits, 0.0, 1.0, steps)
+    return _fit(counts, keep_count, measure, target, 1.0, steps)
 
 
 def scale_to_fit(counts: dict[int, int], sizes: dict[int, int], keep_count: KeepCount, measure: Measure,
@@ -54,9 +62,5 @@ def scale_to_fit(counts: dict[int, int], sizes: dict[int, int], keep_count: Keep
     >>> {g: len(v) for g, v in keep.items()}
     {0: 6, 1: 3}
     """
-    limit = target * (1 + 1e-9) + 1e-6
-    fits = lambda keep: measure(keep) <= limit  # noqa: E731
-    if not fits(_keep_at(counts, keep_count, 1.0)):
-        return _largest_fitting(counts, keep_count, fits, 0.0, 1.0, steps)
     top = max((sizes[g] / max(n, 1) for g, n in counts.items()), default=1.0)
-    return _largest_fitting(counts, keep_count, fits, 1.0, max(top, 1.0), steps)
+    return _fit(counts, keep_count, measure, target, top, steps)

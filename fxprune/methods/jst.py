@@ -15,7 +15,8 @@ the default starts from the weights given.
    ThresNet by REINFORCE every `jst_samples` sub-networks (T).
 3. The best sub-network: the `jst_candidates` best-rewarded sub-networks and ThresNet's noise-free one, each
    grown to use the budget (`jst_fill_budget`: every group's count by the largest common factor that fits,
-   the channels added in alpha order; the reward's cost term leaves them under it), each with its BN statistics recomputed on `jst_calib_batches` training batches and scored by top-1 accuracy on
+   the channels added in alpha order; the reward's cost term leaves them under it), each with its BN
+   statistics recomputed on `jst_calib_batches` training batches and scored by top-1 accuracy on
    `jst_eval_batches` held-out batches. Its channels are kept and the searched weights (with the recomputed
    statistics) are written into the model, so the slim model computes exactly the scored sub-network without
    the channel scales; fine-tune it to convergence with `finetune=`.

@@ -94,7 +94,8 @@ class ChannelWeights(nn.Module):
         for gid, a in zip(self.gids, self.alpha):
             kept = set(keep[gid])
             score = a.detach().cpu().double().numpy()
-            order[gid] = np.lexsort((np.arange(len(score)), -score, [c not in kept for c in range(len(score))])).tolist()
+            dropped = [c not in kept for c in range(len(score))]
+            order[gid] = np.lexsort((np.arange(len(score)), -score, dropped)).tolist()
         return Draw(order, {gid: len(keep[gid]) for gid in self.gids}, self)
 
     def sample(self, thresholds: torch.Tensor, noise: float, generator: torch.Generator | None) -> Draw:

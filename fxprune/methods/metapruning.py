@@ -47,7 +47,8 @@ DEFAULTS = {"metapruning_epochs": 1, "metapruning_batches": None, "metapruning_l
             "metapruning_momentum": 0.9, "metapruning_weight_decay": 4e-5, "metapruning_window": 0.1,
             "metapruning_calib_batches": 4, "metapruning_val_batches": 4, "metapruning_population": 50,
             "metapruning_parents": 10, "metapruning_mutations": 25, "metapruning_crossovers": 25,
-            "metapruning_mutate_p": 0.1, "metapruning_iterations": 20, "metapruning_init": "generated", "metapruning_bn_affine": True,
+            "metapruning_mutate_p": 0.1, "metapruning_iterations": 20, "metapruning_init": "generated",
+            "metapruning_bn_affine": True,
             "seed": 0, "progress": True}
 INITS = ("generated", "scratch")
 GENERATOR_VERSION = 2  # in the checkpoint's fingerprint: 2 = the 1/sqrt(hidden)-scaled generators
@@ -204,9 +205,9 @@ def _initialise(inp: ScoreInput, pnet: PruningNet, best: tuple[int, ...], calib:
             k = norm.state[0].choice_of(norm.gid)
             bn.running_mean.copy_(norm.running_mean[k])
             bn.running_var.copy_(norm.running_var[k])
-            if bn.affine:  # the shared affine pair the PruningNet trained, or identity (the non-affine norm)
-                bn.weight.copy_(norm.weight) if norm.weight is not None else bn.weight.fill_(1.0)
-                bn.bias.copy_(norm.bias) if norm.bias is not None else bn.bias.zero_()
+            if bn.affine and norm.weight is None:  # non-affine norms: identity (an affine pair is copied below)
+                bn.weight.fill_(1.0)
+                bn.bias.zero_()
         trained = dict(pnet.net.named_parameters())
         for name, p in gm.named_parameters():  # the other weights the PruningNet trained (biases, classifier)
             if name in trained and trained[name].shape == p.shape:
