@@ -48,7 +48,7 @@ from torch import nn
 
 import fxprune
 from fxprune.data import cifar10_loaders
-from fxprune.latency import measure_latency
+from fxprune.deploy.measure import measure_latency
 from fxprune.train import Finetune, Trainer, evaluate
 from fxprune.zoo import get_cifar_model
 
@@ -234,7 +234,7 @@ def run_tp_l1(bench: Bench, dense: nn.Module) -> Record:
 
 
 def latency_ms(model: nn.Module, bench: Bench, repeats: int = 30) -> float:
-    """Median forward latency at the profile's batch: fxprune.latency.measure_latency (BN folded; bf16 +
+    """Median forward latency at the profile's batch: fxprune.deploy.measure.measure_latency (BN folded; bf16 +
     channels_last on CUDA, fp32 on the CPU), the regime of `fxprune bench` and fxprune.Target."""
     x = torch.randn(bench.profile.latency_batch, *bench.x.shape[1:])
     return measure_latency(model, x, bench.device, repeats=repeats, warmup=5)

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT.parent))  # the working tree's fxprune
 
 import fxprune  # noqa: E402
 from fxprune.deploy import optimize  # noqa: E402
-from fxprune.latency import time_callable  # noqa: E402
+from fxprune.deploy.timing import time_callable  # noqa: E402
 
 
 @dataclass(frozen=True)

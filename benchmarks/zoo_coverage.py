@@ -298,11 +298,11 @@ def rel_err(a, b) -> float:
 
 
 def count_flops(model, x) -> int:
-    """torch's FLOP formulas (fxprune.flops.FlopCounter: FlopCounterMode without the module tracker that
+    """torch's FLOP formulas (fxprune.tracing.flops.FlopCounter: FlopCounterMode without the module tracker that
     crashes on some timm models), used for both libraries."""
     import torch
 
-    from fxprune.flops import FlopCounter
+    from fxprune.tracing.flops import FlopCounter
 
     with torch.no_grad(), FlopCounter() as counter:
         model(x)

@@ -4,16 +4,16 @@
 >>> "l1" in fxprune.list_methods()
 True
 """
-from .analysis import register_rule, method_key
-from .api import __version__, analyse, apply_masks, apply_plan, prune, remove_masks
-from .cost import count_flops, count_params
-from .deploy import Target, optimize
-from .export import export
-from .errors import DeployParityError, ExportParityError, FxPruneError, PlanMismatchError, RunDirError, TraceError, UnsupportedOpError
-from .methods import list_methods, register_method
-from .run import load, load_run_info
-from .trace import trace
-from .types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, PruningPlan, Report
+from fxprune.analysis import method_key, register_rule
+from fxprune.api import __version__, analyse, apply_masks, apply_plan, prune, remove_masks
+from fxprune.cost.model import count_flops, count_params
+from fxprune.deploy import Target, optimize
+from fxprune.deploy.export import export
+from fxprune.errors import DeployParityError, ExportParityError, FxPruneError, PlanMismatchError, RunDirError, TraceError, UnsupportedOpError
+from fxprune.methods import list_methods, register_method
+from fxprune.report.run_dir import load, load_run_info
+from fxprune.tracing.tracer import trace
+from fxprune.types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, PruningPlan, Report
 
 
 __all__ = [

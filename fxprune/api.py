@@ -10,24 +10,24 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import analysis as _analysis  # noqa: F401  (registers the op rules)
-from .analysis.analyse import GraphAnalysis, run_analysis
-from .analysis.blocks import remove_blocks
-from .cost import CostModel, count_params
-from .deploy.align import measure_alignment
-from .deploy.latency_table import LatencyModel
-from .deploy.target import Target, as_target
-from .errors import PlanMismatchError
-from .finetune import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of, train_masked,
+from fxprune import analysis as _analysis  # noqa: F401  (registers the op rules)
+from fxprune.analysis.analyse import GraphAnalysis, run_analysis
+from fxprune.analysis.blocks import remove_blocks
+from fxprune.cost.model import CostModel, count_params
+from fxprune.deploy.align import measure_alignment
+from fxprune.cost.latency_table import LatencyModel
+from fxprune.deploy.target import Target, as_target
+from fxprune.errors import PlanMismatchError
+from fxprune.train.prune_steps import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of, train_masked,
                        train_slim, training_device)
-from .masks import insert_masks, strip_masks
-from .methods import get_method
-from .methods.registry import ScoreInput
-from .rewrite.context import RewriteContext
-from .rewrite.rewriter import rewrite
-from .select import Budget, fits_at_minimum, repair, select
-from .trace import META_FLOPS, as_input_tuple, propagate_shapes, trace
-from .types import ChannelGroup, GroupDecision, PruneResult, PruningPlan, Report
+from fxprune.rewrite.masks import insert_masks, strip_masks
+from fxprune.methods import get_method
+from fxprune.methods.registry import ScoreInput
+from fxprune.analysis.keep import RewriteContext
+from fxprune.rewrite.rewriter import rewrite
+from fxprune.selection.select import Budget, fits_at_minimum, repair, select
+from fxprune.tracing.tracer import META_FLOPS, as_input_tuple, propagate_shapes, trace
+from fxprune.types import ChannelGroup, GroupDecision, PruneResult, PruningPlan, Report
 
 __version__ = "0.1.0"
 
@@ -64,7 +64,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     Exactly one budget: `ratio` (fraction of every group's channels removed), `flops`, `params` or `latency`
     (fraction of the dense model's FLOPs / params / latency kept). A latency budget is measured on `target`
     (a `fxprune.Target` or a device string; default: CUDA when available, else the CPU) at the example
-    input's shape, through a per-layer latency table (`fxprune.deploy.LatencyModel`). `scope` picks how a
+    input's shape, through a per-layer latency table (`fxprune.cost.LatencyModel`). `scope` picks how a
     budget is spread: "global" ranks channels across all groups, "local" removes the same fraction from every
     group (default: the method's own, "local" for `uniform`). `ignore` takes module names (their output
     channels are kept) or group ids; `round_to` makes kept counts multiples of it, and `round_to="auto"`

@@ -243,7 +243,7 @@ def check_zoo_model(model: nn.Module, x: torch.Tensor, onnx_path: Any = None) ->
     assert_slim_equals_masked(model, x, res, tol=1e-4)
     assert_unchanged(model, snap, x)
     if onnx_path is not None:
-        from fxprune.export import onnx_session_outputs
+        from fxprune.deploy.export import onnx_session_outputs
 
         path = fxprune.export(res.model, x, onnx_path, check=False)
         ort = onnx_session_outputs(path, x)
@@ -306,10 +306,10 @@ def seeded_resnet20() -> nn.Module:
 def run_search(method: str, model: nn.Module, x: Any, data: Any, budget: Any, **options: Any) -> tuple:
     """A searching method's decision on `model`, as prune takes it: (gm, ga, cost model, keep, plan, options)."""
     from fxprune.api import _make_plan, _prepare
-    from fxprune.cost import CostModel
+    from fxprune.cost.model import CostModel
     from fxprune.methods import get_method
     from fxprune.methods.registry import ScoreInput
-    from fxprune.select import repair
+    from fxprune.selection.select import repair
 
     gm, ga = _prepare(model, (x,), True, (), None)
     cost = CostModel.build(gm, ga)

@@ -11,9 +11,9 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 import fxprune
 from fxprune.api import _prepare
-from fxprune.cost import CostModel
-from fxprune.rewrite.context import RewriteContext
-from fxprune.select import repair
+from fxprune.cost.model import CostModel
+from fxprune.analysis.keep import RewriteContext
+from fxprune.selection.select import repair
 from fxprune.zoo import resnet20
 
 

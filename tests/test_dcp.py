@@ -11,13 +11,13 @@ from torch import nn
 
 import fxprune
 from fxprune.api import _make_plan, _prepare
-from fxprune.cost import CostModel
+from fxprune.cost.model import CostModel
 from fxprune.methods import get_method
-from fxprune.methods.dcp_heads import head_points, main_path
+from fxprune.methods.dcp.heads import head_points, main_path
 from fxprune.methods.registry import ScoreInput
-from fxprune.rewrite.context import RewriteContext
-from fxprune.select import Budget, repair
-from fxprune.trace import META_FLOPS
+from fxprune.analysis.keep import RewriteContext
+from fxprune.selection.select import Budget, repair
+from fxprune.tracing.tracer import META_FLOPS
 from fxprune.train import TrainConfig
 from fxprune.zoo.cifar import resnet20
 
@@ -159,8 +159,8 @@ def test_iterative_dcp_never_brings_back_channels_an_earlier_round_removed(monke
 
 
 def test_layer_reconstruction_targets_are_the_groups_consumer_ops():
-    from fxprune.masks import insert_masks
-    from fxprune.methods.dcp_select import mask_groups
+    from fxprune.rewrite.masks import insert_masks
+    from fxprune.methods.dcp.select import mask_groups
 
     gm, ga = _prepare(resnet20().eval(), (torch.randn(1, 3, 32, 32),), True, (), None)
     arrays = {}
@@ -197,7 +197,7 @@ def test_weight_score_is_the_frobenius_norm_of_the_weight_gradient_with_unselect
 
 def test_masks_are_created_on_the_device_of_the_model():
     """DCP/TAS/Taylor insert masks into a model that may already live on CUDA; the meta device stands in."""
-    from fxprune.masks import insert_masks
+    from fxprune.rewrite.masks import insert_masks
 
     gm, ga = _prepare(resnet20(), (torch.randn(1, 3, 32, 32),), True, (), None)
     gm.to("meta")
@@ -210,7 +210,7 @@ class _Interrupt(Exception):
 
 
 def test_an_interrupted_dcp_search_resumes_from_its_checkpoint_to_the_same_result(tmp_path, monkeypatch):
-    import fxprune.methods.dcp as dcp_module
+    import fxprune.methods.dcp.method as dcp_module
 
     x, data = torch.randn(1, 3, 32, 32), _data(n=2)
     opts = dict(dcp_chunk=8, seed=1, **TINY)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from fxprune.errors import ExportParityError
-from fxprune.export import export, onnx_session_outputs
+from fxprune.deploy.export import export, onnx_session_outputs
 
 # the submodule itself: `import fxprune.export as m` would give the function once fxprune re-exports it
 fx_export = importlib.import_module("fxprune.export")

@@ -11,12 +11,12 @@ import torchvision
 
 import fxprune
 from fxprune.api import _prepare
-from fxprune.cost import CostModel
+from fxprune.cost.model import CostModel
 from fxprune.methods.calibration import batches_after, score_batches
-from fxprune.methods.jst_space import ChannelWeights
-from fxprune.methods.thresnet import Reinforce, ThresNet
-from fxprune.rewrite.context import RewriteContext
-from fxprune.select import Budget, _channel_groups, repair
+from fxprune.methods.jst.space import ChannelWeights
+from fxprune.methods.jst.thresnet import Reinforce, ThresNet
+from fxprune.analysis.keep import RewriteContext
+from fxprune.selection.select import Budget, _channel_groups, repair
 from fxprune.zoo import resnet20
 
 from helpers import assert_slim_equals_masked, random_batches, run_search, seeded_resnet20
@@ -142,7 +142,7 @@ class _Interrupt(Exception):
 
 
 def test_search_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from fxprune.methods.jst_train import JSTSearch
+    from fxprune.methods.jst.train import JSTSearch
 
     data, ckpt = random_batches(), tmp_path / "jst.pt"
     options = dict(jst_coarse_epochs=1, jst_search_epochs=2)
@@ -184,9 +184,9 @@ def test_bad_options_are_named(kwargs, message):
 
 
 def test_uniform_threshold_is_the_largest_that_fits():
-    from fxprune.methods.jst_train import JSTConfig, JSTSearch
-    from fxprune.methods.gates import install_gates
-    from fxprune.methods.search_state import SearchCheckpoint
+    from fxprune.methods.jst.train import JSTConfig, JSTSearch
+    from fxprune.methods.search.gates import install_gates
+    from fxprune.methods.search.checkpoint import SearchCheckpoint
 
     gm, ga, space = _space()
     cost = CostModel.build(gm, ga)

@@ -14,7 +14,7 @@ from torch import nn
 
 import fxprune
 from fxprune.deploy.align import measure_alignment
-from fxprune.deploy.latency_table import LatencyModel, grid_widths
+from fxprune.cost.latency_table import LatencyModel, grid_widths
 from fxprune.deploy.target import Target
 from fxprune.zoo import get_cifar_model
 

@@ -12,9 +12,9 @@ import torchvision
 
 import fxprune
 from fxprune.api import _prepare
-from fxprune.methods.evolution import EvolutionConfig, evolve
-from fxprune.rewrite.context import RewriteContext
-from fxprune.select import Budget
+from fxprune.methods.search.evolution import EvolutionConfig, evolve
+from fxprune.analysis.keep import RewriteContext
+from fxprune.selection.select import Budget
 from fxprune.zoo import resnet20
 
 from helpers import assert_slim_equals_masked, random_batches, rel_err, run_search, seeded_resnet20
@@ -60,7 +60,7 @@ def test_evolution_evaluates_only_candidates_inside_the_window_and_is_seeded():
 
 
 def test_evolution_resumes_from_its_checkpoint_with_the_same_draws(tmp_path):
-    from fxprune.methods.search_state import SearchCheckpoint
+    from fxprune.methods.search.checkpoint import SearchCheckpoint
 
     def fitness(c):
         return -abs(sum(c) - 10) + 0.01 * c[0] - 0.001 * c[1]
@@ -145,7 +145,7 @@ class _Interrupt(Exception):
 
 
 def test_pruningnet_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    import fxprune.methods.metapruning as mp
+    import fxprune.methods.metapruning.method as mp
 
     data, ckpt = _data(), tmp_path / "mp.pt"
     whole = _search(_resnet(), X, data, Budget("flops", 0.5), metapruning_epochs=2)[3]
@@ -183,9 +183,9 @@ def test_bad_options_are_named(kwargs, message):
 def test_pruningnet_parts_move_with_the_network():
     """Generators, per-width norms and the width state are built on the CPU; for a model on CUDA they must be
     registered parts of the network, so that `.to()` moves them (a dtype change stands in for the device)."""
-    from fxprune.methods.pruningnet import PruningNet
-    from fxprune.methods.tas_space import WidthSpace
-    from fxprune.select import _channel_groups
+    from fxprune.methods.metapruning.pruningnet import PruningNet
+    from fxprune.methods.search.widths import WidthSpace
+    from fxprune.selection.select import _channel_groups
     import numpy as np
 
     gm, ga = _prepare(_resnet(), (X,), True, (), None)
@@ -200,9 +200,9 @@ def test_pruningnet_parts_move_with_the_network():
 
 
 def _pruningnet(model, affine=True):
-    from fxprune.methods.pruningnet import PruningNet
-    from fxprune.methods.tas_space import WidthSpace
-    from fxprune.select import _channel_groups
+    from fxprune.methods.metapruning.pruningnet import PruningNet
+    from fxprune.methods.search.widths import WidthSpace
+    from fxprune.selection.select import _channel_groups
     import numpy as np
 
     gm, ga = _prepare(model, (X,), True, (), None)

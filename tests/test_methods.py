@@ -12,10 +12,10 @@ from torch import nn
 
 import fxprune
 from fxprune.api import _prepare
-from fxprune.cost import CostModel
+from fxprune.cost.model import CostModel
 from fxprune.methods import get_method
 from fxprune.methods.registry import ScoreInput
-from fxprune.select import Budget, select
+from fxprune.selection.select import Budget, select
 from fxprune.train import Finetune
 
 from helpers import assert_slim_equals_masked

@@ -57,7 +57,7 @@ from torch import nn
 
 import fxprune
 from fxprune import PruningPlan
-from fxprune.export import onnx_session_outputs
+from fxprune.deploy.export import onnx_session_outputs
 
 try:  # the shared checks of tests/helpers.py (importing it also sets torch to one intra-op thread)
     from helpers import assert_consistent_modules

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.analysis.common import channelwise
+from fxprune.analysis.rules.common import channelwise
 from fxprune.analysis.registry import _RULES
 from fxprune.nn import PrunedMultiheadAttention
 

@@ -13,8 +13,8 @@ from torch import nn
 
 import fxprune
 from fxprune.errors import PlanMismatchError, RunDirError
-from fxprune.latency import measure_latency
-from fxprune.run import _save_weights, load_run_info, run_inputs, save_run, update_run_info
+from fxprune.deploy.measure import measure_latency
+from fxprune.report.run_dir import _save_weights, load_run_info, run_inputs, save_run, update_run_info
 from fxprune.train.history import EpochRecord, TrainHistory
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

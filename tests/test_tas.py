@@ -14,16 +14,17 @@ import torchvision
 import fxprune
 from fxprune.analysis.blocks import residual_blocks
 from fxprune.api import _prepare
-from fxprune.cost import CostModel
-from fxprune.masks import insert_masks
-from fxprune.methods.gates import install_gates
-from fxprune.methods.magnitude import magnitude_scores
+from fxprune.cost.model import CostModel
+from fxprune.rewrite.masks import insert_masks
+from fxprune.methods.search.gates import install_gates
+from fxprune.methods.scorers.magnitude import magnitude_scores
 from fxprune.methods.registry import ScoreInput
-from fxprune.methods.tas import fit_budget
-from fxprune.methods.tas_space import ExpectedCost, WidthSpace, sample_two
-from fxprune.methods.tas_train import SearchConfig, cost_loss, tau_at
-from fxprune.rewrite.context import RewriteContext
-from fxprune.select import _channel_groups
+from fxprune.methods.tas.method import fit_budget
+from fxprune.methods.search.widths import WidthSpace
+from fxprune.methods.tas.space import ExpectedCost, sample_two
+from fxprune.methods.tas.train import SearchConfig, cost_loss, tau_at
+from fxprune.analysis.keep import RewriteContext
+from fxprune.selection.select import _channel_groups
 from fxprune.zoo import resnet20
 
 from helpers import assert_slim_equals_masked
@@ -232,7 +233,7 @@ def test_tas_inherit_starts_the_slim_model_from_the_search_trained_weights():
 
 
 def test_per_width_norm_with_one_candidate_is_that_candidates_batchnorm():
-    from fxprune.methods.tas_norms import MixedWidthNorm, WidthWeights
+    from fxprune.methods.tas.norms import MixedWidthNorm, WidthWeights
 
     torch.manual_seed(0)
     bn = torch.nn.BatchNorm2d(6)
@@ -260,7 +261,7 @@ def test_per_width_norm_with_one_candidate_is_that_candidates_batchnorm():
 
 
 def test_tas_trains_one_affine_pair_per_width_and_inherits_the_most_probable_one(monkeypatch):
-    import fxprune.methods.tas as tas
+    import fxprune.methods.tas.method as tas
 
     seen, real = {}, tas.install_width_norms
     monkeypatch.setattr(tas, "install_width_norms", lambda *a, **k: seen.setdefault("out", real(*a, **k)))
@@ -342,7 +343,7 @@ def test_runs_of_identity_blocks_are_found_from_the_graph():
 @pytest.mark.parametrize("depths", [[1, 1, 1], [2, 1, 2], [3, 2, 2]])
 def test_depth_mix_with_one_hot_weights_equals_the_model_without_the_skipped_blocks(depths):
     from fxprune.analysis.blocks import remove_blocks
-    from fxprune.methods.tas_depth import DepthSpace
+    from fxprune.methods.tas.depth import DepthSpace
 
     x = torch.randn(2, 3, 32, 32)
     gm, _ = _prepare(_resnet(), (x,), True, (), None)
@@ -357,7 +358,7 @@ def test_depth_mix_with_one_hot_weights_equals_the_model_without_the_skipped_blo
 
 
 def test_expected_cost_of_one_hot_depths_is_the_cost_without_the_skipped_blocks():
-    from fxprune.methods.tas_depth import DepthSpace
+    from fxprune.methods.tas.depth import DepthSpace
 
     x = torch.randn(1, 3, 32, 32)
     gm, ga = _prepare(_resnet(), (x,), True, (), None)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.analysis.common import passthrough
+from fxprune.analysis.rules.common import passthrough
 from fxprune.analysis.registry import _RULES
 from helpers import assert_slim_equals_masked, assert_unchanged, outputs, rel_err, state_snapshot
 

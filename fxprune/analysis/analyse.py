@@ -8,12 +8,11 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
-from ..errors import UnsupportedOpError
-from ..types import ChannelGroup, ChannelSlot, signature_of
-from .atoms import UNIT
-from .context import Analysis
-from .labels import Labels
-from .registry import describe_target, registration_hint, rule_for_node
+from fxprune.errors import UnsupportedOpError
+from fxprune.types import ChannelGroup, ChannelSlot, signature_of
+from fxprune.analysis.context import Analysis
+from fxprune.analysis.labels import Labels
+from fxprune.analysis.registry import describe_target, registration_hint, rule_for_node
 
 
 class _AtomIndex:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from ..trace import META_SHAPE
+from fxprune.tracing.tracer import META_SHAPE
 
 __all__ = ["BlockRun", "ResidualBlock", "find_runs", "remove_blocks"]
 

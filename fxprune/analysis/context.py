@@ -8,9 +8,9 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ..trace import META_SHAPE
-from .atoms import UNIT, AtomTable
-from .labels import Labels
+from fxprune.tracing.tracer import META_SHAPE
+from fxprune.analysis.atoms import UNIT, AtomTable
+from fxprune.analysis.labels import Labels
 
 
 @dataclass(frozen=True)

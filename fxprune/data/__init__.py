@@ -4,7 +4,7 @@
 >>> len(CLASSES), CLASSES[0], MEAN[0]
 (10, 'airplane', 0.4914)
 """
-from .cifar10 import CLASSES, MEAN, STD, load_cifar10
-from .loader import TensorLoader, cifar10_loaders
+from fxprune.data.cifar10 import CLASSES, MEAN, STD, load_cifar10
+from fxprune.data.loader import TensorLoader, cifar10_loaders
 
 __all__ = ["CLASSES", "MEAN", "STD", "TensorLoader", "cifar10_loaders", "load_cifar10"]

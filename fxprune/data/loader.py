@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cifar10 import MEAN, STD, balanced_subset, load_cifar10
+from fxprune.data.cifar10 import MEAN, STD, balanced_subset, load_cifar10
 
 PAD = 4  # reflect padding of the random crop
 

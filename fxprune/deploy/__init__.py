@@ -9,13 +9,13 @@ Runtime) and parity checks against the original module. See docs/deployment.md, 
 >>> type(fast).__name__, fast.mode
 ('Optimized', 'eager')
 """
-from .align import measure_alignment
-from .fold import fold_batchnorm
-from .latency_table import LatencyModel
-from .optimize import Optimized, optimize
-from .ort import OrtModule, ort_session
-from .parity import Parity
-from .target import Target
+from fxprune.deploy.align import measure_alignment
+from fxprune.deploy.fold import fold_batchnorm
+from fxprune.deploy.measure import measure_latency
+from fxprune.deploy.optimize import Optimized, optimize
+from fxprune.deploy.ort import OrtModule, ort_session
+from fxprune.deploy.parity import Parity
+from fxprune.deploy.target import Target
 
-__all__ = ["LatencyModel", "Optimized", "OrtModule", "Parity", "Target", "fold_batchnorm", "measure_alignment",
+__all__ = ["Optimized", "OrtModule", "Parity", "Target", "fold_batchnorm", "measure_alignment", "measure_latency",
            "optimize", "ort_session"]

@@ -19,7 +19,7 @@ import json
 import torch
 from torch import nn
 
-from .target import Target
+from fxprune.deploy.target import Target
 
 __all__ = ["ALIGNMENT_CANDIDATES", "measure_alignment"]
 

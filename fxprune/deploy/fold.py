@@ -34,8 +34,8 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from ..errors import TraceError
-from ..trace import META_SHAPE, as_input_tuple
+from fxprune.errors import TraceError
+from fxprune.tracing.tracer import META_SHAPE, as_input_tuple
 
 __all__ = ["fold_batchnorm"]
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..latency import time_callable
+from fxprune.deploy.timing import time_callable
 
 __all__ = ["MODES", "Mode", "Setup", "median_ms", "timing_step"]
 
@@ -165,7 +165,7 @@ def _build_cuda_graph(module: nn.Module, setup: Setup, example: Inputs) -> Runne
 
 
 def _build_onnxruntime(module: nn.Module, setup: Setup, example: Inputs) -> Runner:
-    from .ort import OrtModule
+    from fxprune.deploy.ort import OrtModule
 
     return OrtModule.from_module(module, example, threads=setup.ort_threads, fold_bn=False)  # optimize folds
 
@@ -187,5 +187,5 @@ def timing_step(runner: Runner, inputs: Inputs) -> Callable[[], Any]:
 
 def median_ms(runner: Runner, inputs: Inputs, device: torch.device, warmup: int, repeats: int) -> float:
     """Median milliseconds of ``runner(*inputs)`` over `repeats` timed calls after `warmup` untimed ones
-    (fxprune.latency.time_callable: CUDA events on a GPU, perf_counter on the CPU)."""
+    (fxprune.deploy.timing.time_callable: CUDA events on a GPU, perf_counter on the CPU)."""
     return time_callable(lambda: runner(*inputs), device, repeats, warmup)

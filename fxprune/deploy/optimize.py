@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DeployParityError
-from ..latency import check_device
-from ..trace import as_input_tuple
-from .fold import fold_batchnorm
-from .modes import MODES, Inputs, Runner, Setup, median_ms, timing_step
-from .parity import Parity, check_parity, default_tolerances, measure_parity
+from fxprune.errors import DeployParityError
+from fxprune.deploy.timing import check_device
+from fxprune.tracing.tracer import as_input_tuple
+from fxprune.deploy.fold import fold_batchnorm
+from fxprune.deploy.modes import MODES, Inputs, Runner, Setup, median_ms, timing_step
+from fxprune.deploy.parity import Parity, check_parity, default_tolerances, measure_parity
 
 __all__ = ["Optimized", "optimize"]
 

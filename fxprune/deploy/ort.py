@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from ..export import _onnx_feeds, export
-from ..trace import as_input_tuple
-from .fold import fold_batchnorm
+from fxprune.deploy.export import _onnx_feeds, export
+from fxprune.tracing.tracer import as_input_tuple
+from fxprune.deploy.fold import fold_batchnorm
 
 if TYPE_CHECKING:
     import onnxruntime

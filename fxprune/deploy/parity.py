@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ..errors import DeployParityError
+from fxprune.errors import DeployParityError
 
 __all__ = ["Parity", "check_parity", "default_tolerances", "measure_parity"]
 

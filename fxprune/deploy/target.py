@@ -2,7 +2,7 @@
 
 A `Target` names the device, the dtype the model will run in, the CPU threads, how each measurement is
 taken (warm-up, median of repeats; CUDA events on CUDA, `time.perf_counter` on the CPU, through
-`fxprune.latency.measure_latency`) and where measurements are cached. A custom `timer(module, inputs) -> ms`
+`fxprune.deploy.measure.measure_latency`) and where measurements are cached. A custom `timer(module, inputs) -> ms`
 replaces the measurement, e.g. a fake timer in tests or a remote device's timer.
 
 >>> t = Target("cpu", threads=1, repeats=3, warmup=1, cache=False)
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..latency import check_device, time_callable
+from fxprune.deploy.timing import check_device, time_callable
 
 __all__ = ["Target", "as_target", "cache_dir"]
 
@@ -72,7 +72,7 @@ class Target:
         """Milliseconds of one forward pass of `module` on `inputs` on this target (median of `repeats`)."""
         if self.timer is not None:
             return float(self.timer(module, inputs))
-        from .optimize import optimize  # deploy.optimize imports the analysis stack; import on use
+        from fxprune.deploy.optimize import optimize  # deploy.optimize imports the analysis stack; import on use
 
         with self.threads_set():
             fast = optimize(module, inputs, self.device, self.run_dtype, mode=self.run_mode, check=False,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ScoreInput
-from .search_dist import average_norm_stats, sum_over_ranks
+from fxprune.methods.registry import ScoreInput
+from fxprune.methods.search.dist import average_norm_stats, sum_over_ranks
 
 
 def require_data(inp: ScoreInput, method: str, why: str) -> Iterable:
@@ -72,7 +72,7 @@ def recalibrate_norms(module: nn.Module, batches: list) -> None:
 
 def score_batches(net: nn.Module, batches: list) -> float:
     """Top-1 accuracy on `batches` in eval mode, minus 1e-6 x the mean cross-entropy (lower loss breaks ties)."""
-    from ..train.losses import logits_of
+    from fxprune.train.losses import logits_of
 
     was = net.training
     net.eval()

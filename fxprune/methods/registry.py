@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
-from ..analysis.analyse import GraphAnalysis
-from ..errors import UnknownMethodError
+from fxprune.analysis.analyse import GraphAnalysis
+from fxprune.errors import UnknownMethodError
 
 SCOPES = ("global", "local")
 

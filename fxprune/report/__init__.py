@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .figures import FIGURES, write_figures
-from .load import RunData, load_run
-from .page import SECTIONS, render_page
+from fxprune.report.figures import FIGURES, write_figures
+from fxprune.report.load import RunData, load_run
+from fxprune.report.page import SECTIONS, render_page
 
 __all__ = ["FIGURES", "SECTIONS", "RunData", "load_run", "render_report"]
 

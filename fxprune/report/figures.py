@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .load import RunData
+from fxprune.report.load import RunData
 
 DENSE, SLIM, FROZEN = "#9aa5b1", "#1f77b4", "#c9b37e"  # figure colours (the page's CSS uses others)
 DPI = 100

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..train.history import TrainHistory
-from ..types import PruningPlan, Report
+from fxprune.train.history import TrainHistory
+from fxprune.types import PruningPlan, Report
 
 REQUIRED = ("plan.json", "report.json")
 OUTPUTS = ("report.html", "figures")  # what render_report writes: not listed as run files

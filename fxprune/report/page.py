@@ -16,8 +16,8 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
-from ..types import search_text
-from .load import RunData
+from fxprune.types import search_text
+from fxprune.report.load import RunData
 
 CSS = """
 body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;color:#1d2733;

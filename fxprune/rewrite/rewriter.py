@@ -6,10 +6,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..analysis.analyse import GraphAnalysis
-from ..analysis.registry import rule_for_node
-from .context import RewriteContext
-from .modules import fixer_for
+from fxprune.analysis.analyse import GraphAnalysis
+from fxprune.analysis.registry import rule_for_node
+from fxprune.analysis.keep import RewriteContext
+from fxprune.rewrite.fixers import fixer_for
 
 
 def rewrite(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]]) -> fx.GraphModule:

@@ -12,13 +12,13 @@
 Multi-GPU: launch the same script with ``torchrun --nproc_per_node=N`` and call `init_from_env()`
 first; `Trainer` then trains with DistributedDataParallel (see fxprune.train.distributed).
 """
-from .config import Finetune, TrainConfig
-from .distributed import DistInfo, init_from_env
-from .evaluate import evaluate
-from .history import EpochRecord, TrainHistory
-from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
-from .runtime import reinitialise, seed_everything
-from .trainer import Trainer
+from fxprune.train.config import Finetune, TrainConfig
+from fxprune.train.distributed import DistInfo, init_from_env
+from fxprune.train.evaluate import evaluate
+from fxprune.train.history import EpochRecord, TrainHistory
+from fxprune.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
+from fxprune.train.runtime import reinitialise, seed_everything
+from fxprune.train.trainer import Trainer
 
 __all__ = [
     "DistInfo", "EpochRecord", "Finetune", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainHistory", "Trainer",

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from . import TrainConfig, Trainer, init_from_env
-from .distributed import shutdown
+from fxprune.train import TrainConfig, Trainer, init_from_env
+from fxprune.train.distributed import shutdown
 
 
 class SyntheticLoader:

@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-from .optim import OPTIMIZERS, SCHEDULES
+from fxprune.train.optim import OPTIMIZERS, SCHEDULES
 
 AMP_MODES = ("bf16", "fp16", None)
 

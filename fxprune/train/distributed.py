@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
-from .runtime import resolve_device
+from fxprune.train.runtime import resolve_device
 
 
 @dataclass(frozen=True)

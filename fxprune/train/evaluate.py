@@ -16,8 +16,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from .losses import LossFn, correct_count, cross_entropy, logits_of
-from .runtime import autocast, resolve_device, split_batch, to_device
+from fxprune.train.losses import LossFn, correct_count, cross_entropy, logits_of
+from fxprune.train.runtime import autocast, resolve_device, split_batch, to_device
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
-from .losses import LossFn, correct_count, kd_loss, logits_of
-from .runtime import autocast, set_epoch, split_batch, to_device
+from fxprune.train.config import TrainConfig
+from fxprune.train.losses import LossFn, correct_count, kd_loss, logits_of
+from fxprune.train.runtime import autocast, set_epoch, split_batch, to_device
 
 #: progress-bar numbers are refreshed (one device sync) every this many steps
 BAR_EVERY = 10

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from fxprune.train.config import TrainConfig
 
 ScheduleFn = Callable[[int, int, int], float]
 

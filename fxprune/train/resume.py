@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import load_checkpoint, set_rng_state
-from .history import TrainHistory
-from .loop import Run
+from fxprune.train.checkpoint import load_checkpoint, set_rng_state
+from fxprune.train.history import TrainHistory
+from fxprune.train.loop import Run
 
 
 def resume_state(run: Run, path: Path | None, total_steps: int | None) -> tuple[int, TrainHistory]:

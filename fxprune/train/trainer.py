@@ -23,16 +23,16 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import distributed as D
-from .checkpoint import rng_state, save_atomic
-from .config import Finetune, TrainConfig
-from .evaluate import eval_sums
-from .history import EpochRecord, TrainHistory
-from .loop import Run, train_epoch
-from .losses import LossFn, cross_entropy
-from .optim import make_optimizer, make_scheduler
-from .resume import resume_state
-from .runtime import reinitialise, resolve_device, seed_everything, sized_len
+from fxprune.train import distributed as D
+from fxprune.train.checkpoint import rng_state, save_atomic
+from fxprune.train.config import Finetune, TrainConfig
+from fxprune.train.evaluate import eval_sums
+from fxprune.train.history import EpochRecord, TrainHistory
+from fxprune.train.loop import Run, train_epoch
+from fxprune.train.losses import LossFn, cross_entropy
+from fxprune.train.optim import make_optimizer, make_scheduler
+from fxprune.train.resume import resume_state
+from fxprune.train.runtime import reinitialise, resolve_device, seed_everything, sized_len
 
 
 class Trainer:

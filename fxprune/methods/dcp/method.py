@@ -1,0 +1,140 @@
+"""Discrimination-aware Channel Pruning (DCP): auxiliary heads, then greedy channel selection per group.
+
+Zhuang et al., "Discrimination-aware Channel Pruning for Deep Neural Networks", NeurIPS 2018 (see
+docs/methods/dcp.md). Phase 1 fine-tunes the network together with auxiliary classifiers placed at evenly
+spaced points of the graph (dcp_heads.py). Phase 2 goes point by point from input to output; every
+prunable channel group whose last consumer lies in the current segment is selected greedily (dcp_select.py)
+with the loss = the point's head CE + `dcp_lambda` x MSE(pruned vs dense outputs of the group's consumer
+ops, the paper's reconstruction; or of the point itself with dcp_reconstruct="point").
+The number of channels each group keeps comes from one common kept fraction bisected with the cost model
+so that the whole decision meets the budget (the official code prunes every layer at the same rate).
+`dcp_checkpoint=PATH` saves the search after the head training and after every group, and resumes a saved
+one (fxprune.methods.search.checkpoint); `dcp_search_s` in the plan's method options is the search's wall time.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fxprune.train.prune_steps import removed_channels
+from fxprune.rewrite.masks import insert_masks
+from fxprune.selection.select import select
+from fxprune.methods.dcp.heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_classes, train_with_heads
+from fxprune.methods.dcp.select import Segment, greedy_group, mask_groups
+from fxprune.methods.calibration import batches, require_data
+from fxprune.methods.registry import ScoreInput, register_method
+from fxprune.methods.search.dist import search_data
+from fxprune.methods.search.checkpoint import SearchCheckpoint
+
+DEFAULTS = {"dcp_heads": DEFAULT_HEADS, "dcp_head_epochs": 1, "dcp_lambda": 1.0, "dcp_batches": 4,
+            "dcp_steps": 1, "dcp_lr": 0.01, "dcp_chunk": 1, "dcp_adaptive": False, "dcp_epsilon": 1e-3,
+            "dcp_head_norm": True, "dcp_reconstruct": "layer", "dcp_score": "mask", "seed": 0, "progress": True}
+
+
+def options_of(inp: ScoreInput) -> dict:
+    return {k: type(v)(inp.options.get(k, v)) if v is not None else inp.options.get(k) for k, v in DEFAULTS.items()}
+
+
+def target_counts(inp: ScoreInput, budget, cost, ignored: set[int], removed: dict[int, set[int]]) -> dict[int, int]:
+    """How many channels every channel group keeps: one common fraction that meets the budget."""
+    ga = inp.ga
+    zeros = {g.id: np.zeros(g.size) for g in ga.groups}
+    keep = select(ga, zeros, budget, cost, inp.round_to, ignored, "local", removed)
+    return {gid: len(k) for gid, k in keep.items() if len(k) < ga.groups[gid].size}
+
+
+def _train_config(inp: ScoreInput, o: dict):
+    from fxprune.train import TrainConfig
+
+    base = inp.options.get("dcp_train") or TrainConfig(lr=o["dcp_lr"], schedule="cosine", warmup=0.0,
+                                                       progress=o["progress"])
+    return dataclasses.replace(base, epochs=max(1, o["dcp_head_epochs"]), seed=o["seed"])
+
+
+def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
+    t0 = time.perf_counter()
+    data = require_data(inp, "dcp", "its auxiliary heads are fine-tuned and its channel selection measures "
+                                     "gradients on training batches")
+    o = options_of(inp)
+    if o["dcp_reconstruct"] not in ("layer", "point"):
+        raise ValueError(f"dcp_reconstruct={o['dcp_reconstruct']!r}: use 'layer' (MSE at the pruned group's "
+                         f"consumer outputs, the paper) or 'point' (MSE at the auxiliary point's features).")
+    if o["dcp_score"] not in ("mask", "weight"):
+        raise ValueError(f"dcp_score={o['dcp_score']!r}: use 'mask' (gradient w.r.t. the channel's input mask) or "
+                         f"'weight' (Frobenius norm of the gradient w.r.t. the channel's consumer weights, the paper).")
+    torch.manual_seed(o["seed"])
+    gm, ga = inp.gm, inp.ga
+    removed = removed_channels(ga, inp.keep)  # iterative pruning: what earlier rounds removed stays removed
+    counts = target_counts(inp, budget, cost, ignored, removed)
+    points = head_points(gm, o["dcp_heads"])
+    heads = make_heads(gm, points, num_classes(gm, inp.example_inputs), o["dcp_head_norm"])
+    device = next(iter(gm.parameters())).device
+    checkpoint = SearchCheckpoint(inp.options.get("dcp_checkpoint"), "dcp", {
+        "graph": ga.signature, "counts": sorted(counts.items()), "points": list(points),
+        "options": {k: v for k, v in o.items() if k != "progress"}, "removed": sorted(
+            (g, sorted(c)) for g, c in removed.items())})
+    saved = checkpoint.load()
+    if saved is None:
+        if o["dcp_head_epochs"] > 0:
+            train_with_heads(HeadedNet(gm, points, heads), data, _train_config(inp, o))
+        calib = list(batches(search_data(data, "data"), o["dcp_batches"], device))  # this rank's shard
+        if not calib:
+            raise ValueError("method 'dcp' got no batches from data: the data iterable is empty.")
+        saved = {"gm": gm.state_dict(), "heads": heads.state_dict(), "calib": [(x.cpu(), y.cpu()) for x, y in calib]}
+        checkpoint.save(saved)
+    else:  # resumed: the head-trained weights and the very calibration batches of the interrupted search
+        gm.load_state_dict(saved["gm"])
+        heads.load_state_dict(saved["heads"])
+        calib = [(x.to(device), y.to(device)) for x, y in saved["calib"]]
+    # the pruned network: a copy with soft masks (all ones) at every consumer; the dense one stays as is
+    pruned = copy.deepcopy(gm).eval()
+    arrays: dict[str, np.ndarray] = {}
+    insert_masks(pruned, ga, {}, soft=True, arrays=arrays)
+    for p in pruned.parameters():
+        p.requires_grad_(False)
+    heads.eval()
+    for p in heads.parameters():
+        p.requires_grad_(False)
+    gm.eval()
+    state = np.ones(int(ga.offsets[-1]))  # 1 = channel kept, 0 = removed, over all groups' channels
+    for gid, gone in removed.items():
+        state[[int(ga.offsets[gid]) + c for c in gone]] = 0.0
+    trained = heads if o["dcp_head_epochs"] > 0 else None  # untrained heads would add noise, not discrimination
+    segments = Segment.build(pruned, gm, points, trained, calib, mask_groups(pruned, ga, arrays, counts))
+    keep: dict[int, list[int]] = {}
+    if "keep" in saved:
+        pruned.load_state_dict(saved["pruned"])
+        state[:] = saved["state"].numpy()
+        keep = {int(g): list(k) for g, k in saved["keep"]}
+    total = sum(len(s.groups) for s in segments)
+    bar = tqdm(total=total, initial=len(keep), desc="dcp: channel selection", disable=not o["progress"],
+               leave=False)
+    for seg in segments:
+        for gid in (g for g in seg.groups if g not in keep):
+            keep[gid] = greedy_group(pruned, ga, state, seg, gid, counts[gid], o, removed.get(gid, set()))
+            checkpoint.save({**saved, "pruned": pruned.state_dict(), "state": torch.as_tensor(state),
+                             "keep": [[g, k] for g, k in keep.items()]})
+            bar.update(1)
+    bar.close()
+    optimised = dict(pruned.named_parameters())  # the slim model starts from DCP's optimised weights
+    with torch.no_grad():
+        for name, p in gm.named_parameters():
+            if name in optimised:
+                p.copy_(optimised[name])
+    inp.options["dcp_points"] = list(points)
+    inp.options["dcp_search_s"] = round(time.perf_counter() - t0, 3)
+    return keep
+
+
+def _no_scores(inp: ScoreInput) -> dict[int, np.ndarray]:
+    raise NotImplementedError("method 'dcp' selects channels itself (its search hook); it has no scores.")
+
+
+register_method("dcp", "discrimination-aware channel pruning: auxiliary heads + greedy selection of each "
+                       "group's channels by the gradient of head CE + feature MSE (Zhuang et al., NeurIPS "
+                       "2018); needs data", needs_data=True, search=dcp_search)(_no_scores)

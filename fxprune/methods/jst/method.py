@@ -1,0 +1,170 @@
+"""Joint Search-and-Training (Lu, Huang, Dong, Li, Shi, IJCAI 2020; "Beyond Network Pruning"): ThresNet.
+
+No pre-trained model is needed: `jst_init="scratch"` re-initialises the model first (the paper's setting);
+the default starts from the weights given.
+
+1. Every searched channel group gets a learnable weight per channel (alpha; jst_space.py). The network is
+   trained coarsely with every channel scaled by n x softmax(alpha): cross-entropy + lambda x sum ||alpha||_2
+   (`jst_coarse_epochs`; the paper: 100 on CIFAR).
+2. Search-and-training (`jst_search_epochs`; jst_train.py): ThresNet (thresnet.py) maps the alphas to one
+   threshold per group; the sampler perturbs alpha, ranks the channels by softmax and keeps them until their
+   cumulative probability reaches the threshold. A sub-network that costs more than the budget is scaled into
+   it (every group's count by one common factor). Each sub-network's weights train `jst_train_batches`
+   batches (M), its alphas `jst_val_batches` batches (N) of the validation split (`jst_val_data`, else the
+   next batches of `data`), and its reward -(validation loss + `jst_gamma` x cost / dense cost) trains
+   ThresNet by REINFORCE every `jst_samples` sub-networks (T).
+3. The best sub-network: the `jst_candidates` best-rewarded sub-networks and ThresNet's noise-free one, each
+   grown to use the budget (`jst_fill_budget`: every group's count by the largest common factor that fits,
+   the channels added in alpha order; the reward's cost term leaves them under it), each with its BN
+   statistics recomputed on `jst_calib_batches` training batches and scored by top-1 accuracy on
+   `jst_eval_batches` held-out batches. Its channels are kept and the searched weights (with the recomputed
+   statistics) are written into the model, so the slim model computes exactly the scored sub-network without
+   the channel scales; fine-tune it to convergence with `finetune=`.
+`jst_checkpoint=PATH` saves the search after every epoch and resumes it. The budget is FLOPs, params or
+latency (the paper's reward uses params; ours uses the budget's cost). See docs/methods/jst.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from fxprune.analysis.keep import RewriteContext
+from fxprune.selection.select import _channel_groups, repair
+from fxprune.train.runtime import reinitialise
+from fxprune.methods.search.budget_fit import scale_to_fit
+from fxprune.methods.calibration import batches, batches_after, recalibrate_norms, require_cost_budget, require_data, score_batches
+from fxprune.methods.search.gates import inherit_weights, install_gates
+from fxprune.methods.jst.space import ChannelWeights
+from fxprune.methods.jst.train import JSTConfig, JSTSearch
+from fxprune.methods.registry import ScoreInput, register_method
+from fxprune.methods.search.dist import broadcast_state, search_data
+from fxprune.methods.search.checkpoint import SearchCheckpoint
+
+INITS = ("model", "scratch")
+OPTION_OF = {f.name: "jst_" + f.name for f in dataclasses.fields(JSTConfig) if f.name not in ("progress", "batches")}
+EXTRA = {"jst_init": "model", "jst_calib_batches": 4, "jst_eval_batches": 4, "jst_fill_budget": True, "seed": 0}
+
+
+def config_of(options: dict) -> JSTConfig:
+    defaults = JSTConfig()
+    values = {f: type(getattr(defaults, f))(options[o]) if options.get(o) is not None else getattr(defaults, f)
+              for f, o in OPTION_OF.items()}
+    values["batches"] = options.get("jst_batches")
+    values["progress"] = bool(options.get("progress", True))
+    cfg = JSTConfig(**values)
+    for name in ("train_batches", "val_batches", "samples", "candidates"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"jst_{name}={getattr(cfg, name)}: it counts batches or sub-networks, so it must be >= 1.")
+    if cfg.search_epochs < 1:
+        raise ValueError(f"jst_search_epochs={cfg.search_epochs}: the search needs at least one epoch to sample "
+                         f"sub-networks (jst_coarse_epochs may be 0).")
+    return cfg
+
+
+def _options(inp: ScoreInput) -> dict:
+    o = {k: inp.options.get(k, v) for k, v in EXTRA.items()}
+    if o["jst_init"] not in INITS:
+        raise ValueError(f"jst_init={o['jst_init']!r}: use 'model' (start from the given weights) or 'scratch' "
+                         f"(re-initialised first, the paper's setting: no pre-trained model needed).")
+    return o
+
+
+def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
+    t0 = time.perf_counter()
+    data = search_data(require_data(inp, "jst", "the network, its channel weights and ThresNet are trained on "
+                                                "batches"), "data")
+    val_data = search_data(inp.options.get("jst_val_data"), "jst_val_data")
+    require_cost_budget(inp, budget, "jst")
+    cfg, o = config_of(inp.options), _options(inp)
+    ga = inp.ga
+    gids = _channel_groups(ga, ignored)
+    cost_of = cost.measure(budget.kind)
+    dense = cost_of(None)
+
+    def measure(keep: dict[int, list[int]]) -> float:
+        return cost_of(RewriteContext(ga, repair(ga, keep, {})))
+
+    seed = int(o["seed"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if o["jst_init"] == "scratch":
+            reinitialise(inp.gm)
+        gated, gates = install_gates(inp.gm, ga)
+        device = next((p.device for p in gated.parameters()), torch.device("cpu"))
+        space = ChannelWeights(ga, gids, inp.round_to).to(device)
+        generator = torch.Generator().manual_seed(seed)
+        checkpoint = SearchCheckpoint(inp.options.get("jst_checkpoint"), "jst", {
+            "graph": ga.signature, "groups": list(gids), "config": _fingerprint_config(cfg), "seed": seed,
+            "budget": [budget.kind, float(budget.value)], "round_to": inp.round_to, "init": o["jst_init"]})
+        search = JSTSearch(gated, gates, space, cfg, data, val_data, measure, dense,
+                           budget.value * dense, generator, checkpoint)
+        search.run()
+        best, score, scored = _choose(search, gated, gates, space, data, val_data, o, device)
+        broadcast_state(gated)  # a distributed search: rank 0's weights and statistics everywhere
+    inherit_weights(inp.gm, gated)
+    _record(inp, search, best, score, scored, measure(best) / dense, ga, time.perf_counter() - t0)
+    return best
+
+
+def _fingerprint_config(cfg: JSTConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "candidates")}
+
+
+def _choose(search: JSTSearch, gated, gates, space: ChannelWeights, data, val_data, o: dict, device):
+    """Score the candidates with plain 0/1 gates (what the slim model computes) after recomputing the BN
+    statistics on calibration batches; returns (best keep, its score, number scored). The gated copy is left
+    with the best candidate's statistics."""
+    calib = list(batches(data, int(o["jst_calib_batches"]), device))
+    n_eval = int(o["jst_eval_batches"])
+    held = (list(batches(val_data, n_eval, device)) if val_data is not None
+            else batches_after(data, len(calib), n_eval, device))
+    if not calib or not held:
+        raise ValueError("method 'jst' got too few batches to choose its sub-network: it needs jst_calib_batches + "
+                         "jst_eval_batches batches of data (or jst_val_data).")
+    keeps = [{g: c for g, c in cand["keep"]} for cand in search.candidates] + [search.mean_subnetwork()]
+    if o["jst_fill_budget"]:
+        keeps = [_filled(search, space, k) for k in keeps]
+    keeps = [k for i, k in enumerate(keeps) if k not in keeps[:i]]
+    scores = []
+    for keep in keeps:
+        gates.set(space.flat(keep, scaled=False))
+        recalibrate_norms(gated, calib)
+        scores.append(score_batches(gated, held))
+    best = max(range(len(keeps)), key=lambda i: scores[i])
+    gates.set(space.flat(keeps[best], scaled=False))
+    recalibrate_norms(gated, calib)
+    gates.set(None)
+    return keeps[best], scores[best], len(keeps)
+
+
+def _filled(search: JSTSearch, space: ChannelWeights, keep: dict) -> dict:
+    """`keep` grown by the largest common factor that fits the budget (channels added in alpha order)."""
+    draw = space.ranked(keep)
+    sizes = {g: space.ga.groups[g].size for g in keep}
+    return scale_to_fit(draw.counts, sizes, draw.keep_count, search.measure, search.target)
+
+
+def _record(inp: ScoreInput, search: JSTSearch, best: dict, score: float, scored: int, ratio: float, ga,
+            seconds: float) -> None:
+    o = inp.options
+    o["jst_searched_fractions"] = [[g, round(len(best[g]) / ga.groups[g].size, 4)] for g in sorted(best)]
+    with torch.no_grad():
+        th = search.thresnet(search.space.features()).tolist()
+    o["jst_thresholds"] = [[g, round(t, 4)] for g, t in zip(search.space.gids, th)]
+    o["jst_log"] = [[r["epoch"], round(r["mean_reward"], 4)] for r in search.log if r["stage"] == "search"]
+    o["jst_coarse_loss"] = [round(r["loss"], 4) for r in search.log if r["stage"] == "coarse"]
+    o["jst_best_accuracy"] = round(float(score), 4)
+    o["jst_candidates_scored"] = scored
+    o["jst_cost_ratio"] = round(ratio, 4)
+    o["jst_search_s"] = round(seconds, 3)
+
+
+def _no_scores(inp: ScoreInput):
+    raise NotImplementedError("method 'jst' selects channels itself (its search hook); it has no scores.")
+
+
+register_method("jst", "Joint Search-and-Training (Lu et al., IJCAI 2020): per-channel weights, a ThresNet "
+                "policy for per-group thresholds trained by REINFORCE, sub-networks sampled and trained "
+                "jointly; needs data, no pre-trained model", needs_data=True, search=jst_search)(_no_scores)
