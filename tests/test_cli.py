@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 import fxprune
-from fxprune import cli, cli_models, cli_runs
+from fxprune.cli import commands as cli
+from fxprune.cli import models as cli_models
+from fxprune.cli import runs as cli_runs
 from fxprune.errors import FxPruneError
 
 

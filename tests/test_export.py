@@ -19,7 +19,7 @@ from fxprune.errors import ExportParityError
 from fxprune.deploy.export import export, onnx_session_outputs
 
 # the submodule itself: `import fxprune.export as m` would give the function once fxprune re-exports it
-fx_export = importlib.import_module("fxprune.export")
+fx_export = importlib.import_module("fxprune.deploy.export")
 
 FORMATS = [".onnx", ".pt", ".pt2"]
 Pair = collections.namedtuple("Pair", "logits features")

@@ -1,5 +1,5 @@
-"""The `fxprune` command line: `main` parses and dispatches; `models` resolves MODEL specs, `runs` the
+"""The `fxprune` command line: `commands` parses and dispatches (`main` is its entry point); `models` resolves MODEL specs, `runs` the
 commands that read run directories, `demo` the README's main job."""
-from fxprune.cli.main import main
+from fxprune.cli.commands import main
 
 __all__ = ["main"]
