@@ -23,7 +23,7 @@ from fxprune.train.prune_steps import (accuracy, check_data_options, removed_cha
 from fxprune.rewrite.masks import insert_masks, strip_masks
 from fxprune.methods import get_method
 from fxprune.methods.registry import ScoreInput
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 from fxprune.rewrite.rewriter import rewrite
 from fxprune.selection.select import Budget, fits_at_minimum, repair, select
 from fxprune.tracing.tracer import META_FLOPS, as_input_tuple, propagate_shapes, trace
@@ -123,7 +123,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
 
 
 def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostModel, ignored: set[int],
-                  scope: str | None, train_between) -> tuple[dict[int, list[int]], list, float]:
+                  scope: str | None, train_between) -> tuple[Keep, list, float]:
     """The method's preparation and every prune step's decision, with `train_between(keep)` (the masked
     fine-tune) between steps; (final keep, training histories, search seconds)."""
     keep, history = {}, []
@@ -143,10 +143,10 @@ def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostMod
 
 
 def _record_achieved(plan: PruningPlan, report: Report, cost: CostModel, ga: GraphAnalysis,
-                     keep: dict[int, list[int]], deployment: Target | None) -> None:
+                     keep: Keep, deployment: Target | None) -> None:
     plan.achieved = {"flops": report.flops_ratio, "params": report.params_ratio}
     if cost.latency_model is not None:
-        plan.achieved["latency_predicted"] = cost.latency(RewriteContext(ga, keep)) / cost.latency(None)
+        plan.achieved["latency_predicted"] = cost.latency(Survivors(ga, keep)) / cost.latency(None)
     if deployment is not None:
         plan.budget["target"] = deployment.key() or deployment.device
 
@@ -208,7 +208,7 @@ def remove_masks(masked: fx.GraphModule) -> fx.GraphModule:
     return strip_masks(copy.deepcopy(masked))
 
 
-def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> dict[int, list[int]]:
+def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> Keep:
     if plan.graph_signature != ga.signature or len(plan.groups) != len(ga.groups):
         raise PlanMismatchError(
             f"this plan was made for a different graph (plan signature {plan.graph_signature}, "
@@ -228,7 +228,7 @@ def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> dict[int, list[int]]:
     return {d.id: list(d.keep) for d in plan.groups if len(d.keep) < d.size}
 
 
-def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, options: dict, budget: Budget,
+def _make_plan(ga: GraphAnalysis, keep: Keep, method: str, options: dict, budget: Budget,
                round_to: int, strict: bool, scope: str, steps: int) -> PruningPlan:
     decisions = [GroupDecision(g.id, g.size, list(keep.get(g.id, range(g.size)))) for g in ga.groups]
     opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
@@ -237,7 +237,7 @@ def _make_plan(ga: GraphAnalysis, keep: dict[int, list[int]], method: str, optio
 
 
 def decide(backend, inp: ScoreInput, ga: GraphAnalysis, budget: Budget, cost: CostModel, round_to: int,
-           ignored: set[int], scope: str | None, removed: dict[int, set[int]]) -> dict[int, list[int]]:
+           ignored: set[int], scope: str | None, removed: dict[int, set[int]]) -> Keep:
     """One prune step's decision: the backend's own search, or its scores through `select`."""
     if backend.search is not None:
         return repair(ga, backend.search(inp, budget, cost, ignored), {})

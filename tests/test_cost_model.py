@@ -12,7 +12,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 import fxprune
 from fxprune.api import _prepare
 from fxprune.cost.model import CostModel
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import repair
 from fxprune.zoo import resnet20
 
@@ -55,6 +55,6 @@ def test_predicted_flops_are_the_slim_models_counted_flops(name, seed, ratio):
     res = fxprune.prune(model, x, method="random", ratio=ratio, seed=seed)
     gm, ga = _prepare(model, (x,), True, (), None)
     keep = repair(ga, {d.id: d.keep for d in res.plan.groups}, {})
-    predicted = CostModel.build(gm, ga).flops(RewriteContext(ga, keep))
+    predicted = CostModel.build(gm, ga).flops(Survivors(ga, keep))
     assert res.report.flops_after < res.report.flops_before
     assert predicted == pytest.approx(res.report.flops_after, rel=1e-4)

@@ -15,7 +15,7 @@ from fxprune.cost.model import CostModel
 from fxprune.methods import get_method
 from fxprune.methods.dcp.heads import head_points, main_path
 from fxprune.methods.registry import ScoreInput
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import Budget, repair
 from fxprune.tracing.tracer import META_FLOPS
 from fxprune.train import TrainConfig
@@ -40,7 +40,7 @@ def _search(model, x, data, budget: Budget, **options):
     inp = ScoreInput(gm, ga, (x,), dict(options), data)
     keep = repair(ga, get_method("dcp").search(inp, budget, cost, set()), {})
     plan = _make_plan(ga, keep, "dcp", inp.options, budget, 1, True, "local", 1)
-    return gm, ga, keep, plan, cost.flops(RewriteContext(ga, keep)) / cost.flops(None), inp.options
+    return gm, ga, keep, plan, cost.flops(Survivors(ga, keep)) / cost.flops(None), inp.options
 
 
 def test_head_points_are_block_outputs_in_different_stages_evenly_spaced_by_flops():

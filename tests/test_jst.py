@@ -15,7 +15,7 @@ from fxprune.cost.model import CostModel
 from fxprune.methods.calibration import batches_after, score_batches
 from fxprune.methods.jst.space import ChannelWeights
 from fxprune.methods.jst.thresnet import Reinforce, ThresNet
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import Budget, _channel_groups, repair
 from fxprune.zoo import resnet20
 
@@ -97,7 +97,7 @@ def test_thresnet_has_one_branch_per_distinct_group_size_and_reinforce_follows_t
 def test_resnet20_meets_the_budget_and_the_slim_model_scores_what_the_search_scored():
     data = random_batches()
     gm, ga, cost, keep, plan, opts = _search(seeded_resnet20(), X, data, Budget("flops", 0.5))
-    ratio = cost.flops(RewriteContext(ga, keep)) / cost.flops(None)
+    ratio = cost.flops(Survivors(ga, keep)) / cost.flops(None)
     assert ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["jst_cost_ratio"], abs=1e-4)
     assert len(opts["jst_searched_fractions"]) == len(opts["jst_thresholds"]) > 10
     assert len(opts["jst_log"]) == 1 and len(opts["jst_coarse_loss"]) == 1 and opts["jst_search_s"] > 0
@@ -126,7 +126,7 @@ def test_mobilenet_v3_small_random_data_meets_the_budget_and_slim_equals_masked(
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     gm, ga, cost, keep, plan, _ = _search(model, x, random_batches(n=6), Budget("params", 0.6), jst_coarse_epochs=0)
-    assert cost.params(RewriteContext(ga, keep)) <= 0.6 * cost.params(None) + 1e-6
+    assert cost.params(Survivors(ga, keep)) <= 0.6 * cost.params(None) + 1e-6
     assert_slim_equals_masked(gm.eval(), x, plan, tol=1e-4)
 
 
@@ -190,7 +190,7 @@ def test_uniform_threshold_is_the_largest_that_fits():
 
     gm, ga, space = _space()
     cost = CostModel.build(gm, ga)
-    measure = lambda k: cost.flops(RewriteContext(ga, repair(ga, k, {})))  # noqa: E731
+    measure = lambda k: cost.flops(Survivors(ga, repair(ga, k, {})))  # noqa: E731
     dense = cost.flops(None)
     gated, gates = install_gates(gm, ga)
     s = JSTSearch(gated, gates, space, JSTConfig(progress=False, train_batches=1, val_batches=1), random_batches(), None,
@@ -222,6 +222,6 @@ def test_final_choice_is_grown_to_the_budget_unless_told_not_to():
     for fill in (True, False):
         gm, ga, cost, keep, plan, opts = _search(seeded_resnet20(), X, data, Budget("flops", 0.5),
                                                  jst_fill_budget=fill)
-        ratios[fill] = cost.flops(RewriteContext(ga, keep)) / cost.flops(None)
+        ratios[fill] = cost.flops(Survivors(ga, keep)) / cost.flops(None)
     assert ratios[False] < 0.46  # sampled sub-networks land under the budget (0.44 here)
     assert 0.49 < ratios[True] <= 0.5 + 1e-6

@@ -13,7 +13,7 @@ import torchvision
 import fxprune
 from fxprune.api import _prepare
 from fxprune.methods.search.evolution import EvolutionConfig, evolve
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import Budget
 from fxprune.zoo import resnet20
 
@@ -90,7 +90,7 @@ def test_evolution_resumes_from_its_checkpoint_with_the_same_draws(tmp_path):
 def test_resnet20_meets_the_window_and_the_slim_model_scores_what_the_pruningnet_scored():
     data = _data()
     gm, ga, cost, keep, plan, opts = _search(_resnet(), X, data, Budget("flops", 0.5))
-    ratio = cost.flops(RewriteContext(ga, keep)) / cost.flops(None)
+    ratio = cost.flops(Survivors(ga, keep)) / cost.flops(None)
     assert 0.45 - 1e-6 <= ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["metapruning_cost_ratio"], abs=1e-4)
     assert len(opts["metapruning_searched_fractions"]) == len(opts["metapruning_searched_fractions"]) > 10
     assert len(opts["metapruning_log"]) == 2 and opts["metapruning_search_s"] > 0
@@ -124,7 +124,7 @@ def test_mobilenet_v3_small_random_data_meets_the_budget_and_slim_equals_masked(
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     gm, ga, cost, keep, plan, _ = _search(model, x, _data(n=5), Budget("params", 0.6))
-    assert cost.params(RewriteContext(ga, keep)) <= 0.6 * cost.params(None) + 1e-6
+    assert cost.params(Survivors(ga, keep)) <= 0.6 * cost.params(None) + 1e-6
     assert_slim_equals_masked(gm.eval(), x, plan, tol=1e-4)
 
 

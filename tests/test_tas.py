@@ -23,7 +23,7 @@ from fxprune.methods.tas.method import fit_budget
 from fxprune.methods.search.widths import WidthSpace
 from fxprune.methods.tas.space import ExpectedCost, sample_two
 from fxprune.methods.tas.train import SearchConfig, cost_loss, tau_at
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import _channel_groups
 from fxprune.zoo import resnet20
 
@@ -101,14 +101,14 @@ def test_expected_cost_of_a_one_hot_distribution_is_the_cost_model_of_that_decis
         choice = {gid: int(rng.integers(len(space.fractions))) for gid in space.gids}
         onehot = torch.zeros(len(space.gids), len(space.fractions))
         onehot[torch.arange(len(space.gids)), torch.as_tensor([choice[g] for g in space.gids])] = 1.0
-        ctx = RewriteContext(ga, space.keep_of(choice))
+        ctx = Survivors(ga, space.keep_of(choice))
         assert float(flops(space.flat(onehot))) == pytest.approx(cost.flops(ctx), rel=1e-9)
         assert float(params(space.flat(onehot))) + cost.fixed_params == pytest.approx(cost.params(ctx), rel=1e-9)
     # a mixture's expected cost lies between the extremes and is differentiable in the probabilities
     logits = torch.zeros(len(space.gids), len(space.fractions), requires_grad=True)
     e = flops(space.flat(torch.softmax(logits, 1)))
     e.backward()
-    assert cost.flops(RewriteContext(ga, space.keep_of({g: 0 for g in space.gids}))) < e.item() < cost.flops(None)
+    assert cost.flops(Survivors(ga, space.keep_of({g: 0 for g in space.gids}))) < e.item() < cost.flops(None)
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
@@ -136,10 +136,10 @@ def test_fit_budget_scales_an_over_budget_architecture_down():
     _, ga, space, cost = _space("resnet20")
     target = 0.3 * cost.flops(None)
     full = {gid: len(space.fractions) - 1 for gid in space.gids}
-    keep = fit_budget(space, full, lambda k: cost.flops(RewriteContext(ga, k)), target)
-    assert cost.flops(RewriteContext(ga, keep)) <= target
-    assert cost.flops(RewriteContext(ga, keep)) > 0.25 * cost.flops(None)  # not shrunk further than needed
-    keep = fit_budget(space, {gid: 0 for gid in space.gids}, lambda k: cost.flops(RewriteContext(ga, k)),
+    keep = fit_budget(space, full, lambda k: cost.flops(Survivors(ga, k)), target)
+    assert cost.flops(Survivors(ga, keep)) <= target
+    assert cost.flops(Survivors(ga, keep)) > 0.25 * cost.flops(None)  # not shrunk further than needed
+    keep = fit_budget(space, {gid: 0 for gid in space.gids}, lambda k: cost.flops(Survivors(ga, k)),
                       cost.flops(None))
     assert keep == space.keep_of({gid: 0 for gid in space.gids})  # within budget: the searched widths
 
@@ -178,7 +178,7 @@ def test_tas_end_to_end_on_torchvision_models(name):
     keep = {d.id: d.keep for d in res.plan.groups}
     gone = {a for a, _ in res.plan.skipped_blocks}  # residual blocks the depth search removed
     removed = {n for b in residual_blocks(gm) if b.add in gone for n in b.branch}
-    assert cost.without(removed, set()).flops(RewriteContext(ga, keep)) <= 0.6 * cost.flops(None)
+    assert cost.without(removed, set()).flops(Survivors(ga, keep)) <= 0.6 * cost.flops(None)
     assert res.report.flops_ratio <= 0.6 + 1e-6  # counted on the slim model, attention included
     assert_slim_equals_masked(make(), x, res, tol=1e-4)
     other = _tas(make(), x, _random_data(shape), flops=0.6)

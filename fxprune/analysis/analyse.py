@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
 from typing import Any
 
@@ -71,7 +72,7 @@ class GraphAnalysis:
     signature: str
     index: _AtomIndex = None  # type: ignore[assignment]
 
-    def alive_roots(self, keep: dict[int, list[int]]) -> np.ndarray:
+    def alive_roots(self, keep: Mapping[int, list[int]]) -> np.ndarray:
         """Bool per atom: False for the free roots a keep decision {group id: kept indices} removes."""
         alive = np.ones(len(self.index.root), dtype=bool)
         for gid, kept in keep.items():

@@ -30,7 +30,7 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.analysis.analyse import GraphAnalysis
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.tracing.tracer import META_FLOPS, META_SHAPE
 from fxprune.deploy.target import Target
 
@@ -99,12 +99,12 @@ class _Table:
     out_grid: list[int]
     values: np.ndarray  # ms, [len(in_grid), len(out_grid)]
 
-    def widths(self, ctx: RewriteContext | None) -> tuple[int, int]:
+    def widths(self, ctx: Survivors | None) -> tuple[int, int]:
         c_out = self.op.out_ch if ctx is None or self.out_arr is None else ctx.alive_count(self.out_arr)
         c_in = self.op.in_ch if ctx is None or self.in_arr is None else ctx.alive_count(self.in_arr)
         return (c_out, c_out) if self.op.depthwise else (c_in, c_out)
 
-    def __call__(self, ctx: RewriteContext | None) -> float:
+    def __call__(self, ctx: Survivors | None) -> float:
         c_in, c_out = self.widths(ctx)
         rows = [np.interp(c_out, self.out_grid, row) for row in self.values]
         return float(np.interp(c_in, self.in_grid, rows))
@@ -123,7 +123,7 @@ class LatencyModel:
     dense_measured_ms: float = 0.0
     measurements: int = 0  # layer measurements taken (not from the cache) while building
 
-    def latency(self, ctx: RewriteContext | None) -> float:
+    def latency(self, ctx: Survivors | None) -> float:
         tables = sum(t(ctx) for t in self.tables)
         return tables + sum(ms * _fraction(ctx, arrs) for ms, arrs in self.scaled) + self.fixed_ms
 
@@ -206,7 +206,7 @@ def _total_flops(nodes: list[fx.Node]) -> int:
     return sum(int(n.meta.get(META_FLOPS, 0) or 0) for n in nodes)
 
 
-def _fraction(ctx: RewriteContext | None, arrs: list[np.ndarray]) -> float:
+def _fraction(ctx: Survivors | None, arrs: list[np.ndarray]) -> float:
     out = 1.0
     for arr in arrs if ctx is not None else ():
         out *= ctx.alive_fraction(arr)

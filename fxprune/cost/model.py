@@ -20,7 +20,7 @@ from torch import nn
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.cost.terms import split_terms
 from fxprune.tracing.flops import FlopCounter
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 from fxprune.tracing.tracer import META_FLOPS, as_input_tuple
 
 
@@ -72,20 +72,20 @@ class CostModel:
                          sum(size for _, size in fixed), self.latency_model, [self.flop_nodes[i] for i in keep_f],
                          [self.param_names[i] for i in keep_p], fixed)
 
-    def flops(self, ctx: RewriteContext | None) -> float:
+    def flops(self, ctx: Survivors | None) -> float:
         return sum(f * _fraction(ctx, arrs) for f, arrs in self.flop_terms)
 
-    def params(self, ctx: RewriteContext | None) -> float:
+    def params(self, ctx: Survivors | None) -> float:
         terms = sum(n * _fraction(ctx, arrs) for n, arrs in self.param_terms if n)
         return self.fixed_params + terms
 
-    def latency(self, ctx: RewriteContext | None) -> float:
+    def latency(self, ctx: Survivors | None) -> float:
         if self.latency_model is None:
             raise ValueError("a latency budget needs a latency model: prune(..., latency=0.5, target='cuda') "
                              "measures one on the target device (see fxprune.Target).")
         return self.latency_model.latency(ctx)
 
-    def measure(self, kind: str) -> Callable[[RewriteContext | None], float]:
+    def measure(self, kind: str) -> Callable[[Survivors | None], float]:
         """The cost function of a budget kind ("flops", "params" or "latency")."""
         measures = {"flops": self.flops, "params": self.params, "latency": self.latency}
         if kind not in measures:
@@ -103,7 +103,7 @@ class CostModel:
         return self.latency_model.linear_terms()
 
 
-def _fraction(ctx: RewriteContext | None, arrs: list[np.ndarray]) -> float:
+def _fraction(ctx: Survivors | None, arrs: list[np.ndarray]) -> float:
     if ctx is None:
         return 1.0
     out = 1.0

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
+from fxprune.analysis.keep import Keep
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.errors import UnknownMethodError
 
@@ -35,7 +36,7 @@ class ScoreInput:
     example_inputs: tuple
     options: dict[str, Any]
     data: Iterable | None = None
-    keep: dict[int, list[int]] = field(default_factory=dict)
+    keep: Keep = field(default_factory=dict)
     step: int = 0
     round_to: int = 1  # kept counts are multiples of it (search backends honour it like `select` does)
     skipped_blocks: list[list[str]] = field(default_factory=list)  # a depth search's removed [add, shortcut]
@@ -45,7 +46,7 @@ Scorer = Callable[[ScoreInput], dict[int, np.ndarray]]
 Preparer = Callable[[ScoreInput], None]
 # A searching backend decides the kept channels itself: (input, budget, cost model, ignored group ids) ->
 # {group id: kept channel indices}; fxprune still repairs the decision and checks the budget.
-Searcher = Callable[[ScoreInput, Any, Any, set], dict[int, list[int]]]
+Searcher = Callable[[ScoreInput, Any, Any, set], Keep]
 
 
 @dataclass(frozen=True)

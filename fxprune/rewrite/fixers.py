@@ -7,9 +7,9 @@ from collections.abc import Callable
 import torch.fx as fx
 from torch import nn
 
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Survivors
 
-Fixer = Callable[[RewriteContext, fx.Node, nn.Module], None]
+Fixer = Callable[[Survivors, fx.Node, nn.Module], None]
 _FIXERS: dict[type, Fixer] = {}
 
 
@@ -28,14 +28,14 @@ def fixer_for(module: nn.Module) -> Fixer | None:
     return None
 
 
-def _channels_in(ctx: RewriteContext, node: fx.Node, default: int, dim: int = 1) -> int:
+def _channels_in(ctx: Survivors, node: fx.Node, default: int, dim: int = 1) -> int:
     lab = ctx.labels(node.args[0])
     arr = lab.get(dim) if lab else None
     return default if arr is None else ctx.alive_count(arr)
 
 
 @register_fixer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def fix_conv(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_conv(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     new_in = _channels_in(ctx, node, m.in_channels)
     m.out_channels = m.weight.shape[0]
     m.in_channels = new_in
@@ -43,7 +43,7 @@ def fix_conv(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
 
 
 @register_fixer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-def fix_conv_transpose(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_conv_transpose(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     out = ctx.labels(node)
     m.in_channels = m.weight.shape[0]
     m.out_channels = ctx.alive_count(out.get(1)) if out and out.get(1) is not None else m.out_channels
@@ -51,28 +51,28 @@ def fix_conv_transpose(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None
 
 
 @register_fixer(nn.Linear)
-def fix_linear(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_linear(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     m.out_features, m.in_features = m.weight.shape
 
 
 @register_fixer(nn.Bilinear)
-def fix_bilinear(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_bilinear(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     m.out_features = m.weight.shape[0]
 
 
 @register_fixer(nn.modules.batchnorm._NormBase)
-def fix_batchnorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_batchnorm(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     m.num_features = _channels_in(ctx, node, m.num_features)
 
 
 @register_fixer(nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
-def fix_layernorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_layernorm(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     if len(m.normalized_shape) == 1:
         m.normalized_shape = (_channels_in(ctx, node, m.normalized_shape[0], dim=-1),)
 
 
 @register_fixer(nn.GroupNorm)
-def fix_groupnorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_groupnorm(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     m.num_channels = _channels_in(ctx, node, m.num_channels)
     groups = ctx.extra(node).get("groups")
     if groups is not None:
@@ -80,19 +80,19 @@ def fix_groupnorm(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
 
 
 @register_fixer(nn.PReLU)
-def fix_prelu(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_prelu(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     m.num_parameters = m.weight.numel()
 
 
 @register_fixer(nn.RNNBase)
-def fix_rnn(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_rnn(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     m.input_size = m.weight_ih_l0.shape[1]
     if hasattr(m, "_init_flat_weights"):  # the fused kernels read a cached list of the weights
         m._init_flat_weights()
 
 
 @register_fixer(nn.MultiheadAttention)
-def fix_mha(ctx: RewriteContext, node: fx.Node, m: nn.Module) -> None:
+def fix_mha(ctx: Survivors, node: fx.Node, m: nn.Module) -> None:
     """Swap in a PrunedMultiheadAttention carrying the sliced tensors and the original softmax scale."""
     from fxprune.nn import PrunedMultiheadAttention
 

@@ -13,13 +13,13 @@ import torch.fx as fx
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.analysis.rules.masked import apply_mask
 from fxprune.analysis.registry import rule_for_node
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 
 MASK_PREFIX = "fxprune_mask_"
 ORIGINAL = "fxprune_original"
 
 
-def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]],
+def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: Keep,
                  soft: bool = False, arrays: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     """Insert one mask per consumer input that loses channels; returns {buffer name: mask}.
 
@@ -27,7 +27,7 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
     parameter, so learned methods can train them. `arrays`, when given, is filled with each mask's label
     array (which channels each mask position carries: `ga.channel_positions(arr)`).
     """
-    ctx = RewriteContext(ga, keep)
+    ctx = Survivors(ga, keep)
     modules = dict(gm.named_modules())
     device = next((t.device for t in (*gm.parameters(), *gm.buffers())), torch.device("cpu"))
     masks: dict[str, torch.Tensor] = {}
@@ -59,7 +59,7 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int
     return masks
 
 
-def _mask_plan(gm: fx.GraphModule, ga: GraphAnalysis, ctx: RewriteContext, modules, soft: bool):
+def _mask_plan(gm: fx.GraphModule, ga: GraphAnalysis, ctx: Survivors, modules, soft: bool):
     """Every (node, site, dim, label array, masked variant) to write, read off before the graph changes."""
     nodes = {n.name: n for n in gm.graph.nodes}
     out = []

@@ -8,13 +8,13 @@ from torch import nn
 
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.analysis.registry import rule_for_node
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 from fxprune.rewrite.fixers import fixer_for
 
 
-def rewrite(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]]) -> fx.GraphModule:
+def rewrite(gm: fx.GraphModule, ga: GraphAnalysis, keep: Keep) -> fx.GraphModule:
     """Slice `gm` (in place) so that only the kept channels remain; returns `gm`."""
-    ctx = RewriteContext(ga, keep)
+    ctx = Survivors(ga, keep)
     ctx.root = gm
     _slice_tensors(gm, ga, ctx)
     modules = dict(gm.named_modules())
@@ -31,7 +31,7 @@ def rewrite(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]]) -
     return gm
 
 
-def _slice_tensors(gm: fx.GraphModule, ga: GraphAnalysis, ctx: RewriteContext) -> None:
+def _slice_tensors(gm: fx.GraphModule, ga: GraphAnalysis, ctx: Survivors) -> None:
     for qualname, per_dim in ga.analysis.params.items():
         tensor = _get(gm, qualname)
         if not isinstance(tensor, torch.Tensor):

@@ -16,7 +16,7 @@ import numpy as np
 
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.cost.model import CostModel
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _channel_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
 
 
 def select_ratio(ga: GraphAnalysis, scores: dict[int, np.ndarray], ratio: float, round_to: int,
-                 ignore: set[int], removed: Removed) -> dict[int, list[int]]:
+                 ignore: set[int], removed: Removed) -> Keep:
     """Every channel group loses the fraction `ratio`. Block groups (conv groups, norm groups, heads) are
     kept: a channel inside a block already loses `ratio` through its within-block group, and pruning both
     factors would remove the fraction ratio twice."""
@@ -92,21 +92,21 @@ def select_ratio(ga: GraphAnalysis, scores: dict[int, np.ndarray], ratio: float,
 
 
 def select_local(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostModel, kind: str, value: float,
-                 round_to: int, ignore: set[int], removed: Removed) -> dict[int, list[int]]:
+                 round_to: int, ignore: set[int], removed: Removed) -> Keep:
     """The largest common kept fraction (the same for every group) whose model fits `value` x dense cost."""
     measure = cost.measure(kind)
     limit = value * measure(None) + 1e-6
 
-    def keep_at(fraction: float) -> dict[int, list[int]]:
+    def keep_at(fraction: float) -> Keep:
         ratio = 1.0 - fraction
         return repair(ga, select_ratio(ga, scores, ratio, round_to, ignore, removed), scores)
 
-    if measure(RewriteContext(ga, keep_at(1.0))) <= limit:
+    if measure(Survivors(ga, keep_at(1.0))) <= limit:
         return keep_at(1.0)
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if measure(RewriteContext(ga, keep_at(mid))) <= limit else (lo, mid)
+        lo, hi = (mid, hi) if measure(Survivors(ga, keep_at(mid))) <= limit else (lo, mid)
     return keep_at(lo)
 
 
@@ -120,7 +120,7 @@ def _normalised(scores: np.ndarray, gone: set[int]) -> np.ndarray:
 
 
 def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostModel, kind: str, value: float,
-                  round_to: int, ignore: set[int], removed: Removed) -> dict[int, list[int]]:
+                  round_to: int, ignore: set[int], removed: Removed) -> Keep:
     """Highest common threshold on group-normalised scores whose model fits `value` x dense cost."""
     gids = prunable_groups(ga, ignore)
     norm = {gid: _normalised(scores[gid], removed.get(gid, set())) for gid in gids}
@@ -129,12 +129,12 @@ def select_global(ga: GraphAnalysis, scores: dict[int, np.ndarray], cost: CostMo
     finite = [v[np.isfinite(v)] for v in norm.values()]
     thresholds = np.unique(np.concatenate(finite)) if gids else np.zeros(1)
 
-    def keep_at(t: float) -> dict[int, list[int]]:
+    def keep_at(t: float) -> Keep:
         out = {gid: _keep_n(ga, gid, norm[gid], int((norm[gid] >= t).sum()), round_to, removed) for gid in gids}
         return repair(ga, out, scores)  # measure what will really be kept
 
     def fits(i: int) -> bool:
-        return measure(RewriteContext(ga, keep_at(thresholds[i]))) <= value * dense + 1e-6
+        return measure(Survivors(ga, keep_at(thresholds[i]))) <= value * dense + 1e-6
 
     lo, hi = 0, len(thresholds)  # find the smallest threshold index that fits
     while lo < hi:
@@ -151,10 +151,10 @@ def fits_at_minimum(ga: GraphAnalysis, cost: CostModel, budget: Budget, round_to
     zeros = {gid: np.zeros(ga.groups[gid].size) for gid in prunable_groups(ga, ignore)}
     smallest = repair(ga, {gid: _keep_n(ga, gid, z, 1, round_to, {}) for gid, z in zeros.items()}, zeros)
     measure = cost.measure(budget.kind)
-    return measure(RewriteContext(ga, smallest)) <= budget.value * measure(None) + 1e-6
+    return measure(Survivors(ga, smallest)) <= budget.value * measure(None) + 1e-6
 
 
-def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.ndarray]) -> dict[int, list[int]]:
+def repair(ga: GraphAnalysis, keep: Keep, scores: dict[int, np.ndarray]) -> Keep:
     """Give back channels where a decision would leave some tensor with no channel at all.
 
     Groups are chosen independently, but a position made of several factors (a conv-group x channel, a
@@ -163,7 +163,7 @@ def repair(ga: GraphAnalysis, keep: dict[int, list[int]], scores: dict[int, np.n
     """
     arrays = _distinct_arrays(ga)
     for _ in range(16):
-        ctx = RewriteContext(ga, keep)
+        ctx = Survivors(ga, keep)
         empty = [arr for arr in arrays if len(arr) and ctx.alive_count(arr) == 0]
         if not empty:
             return keep
@@ -192,7 +192,7 @@ def _distinct_arrays(ga: GraphAnalysis) -> list[np.ndarray]:
 
 def select(ga: GraphAnalysis, scores: dict[int, np.ndarray], budget: Budget, cost: CostModel, round_to: int = 1,
            ignore: set[int] | None = None, scope: str = "global", removed: Removed | None = None
-           ) -> dict[int, list[int]]:
+           ) -> Keep:
     """Keep decisions {group id: kept channel indices} for `budget` (see the module docstring)."""
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r} is not one of {SCOPES}: 'global' ranks channels across all groups, "
@@ -209,10 +209,10 @@ def select(ga: GraphAnalysis, scores: dict[int, np.ndarray], budget: Budget, cos
     return keep
 
 
-def _warn_if_over(ga: GraphAnalysis, keep: dict[int, list[int]], budget: Budget, cost: CostModel,
+def _warn_if_over(ga: GraphAnalysis, keep: Keep, budget: Budget, cost: CostModel,
                   round_to: int) -> None:
     measure = cost.measure(budget.kind)
-    achieved = measure(RewriteContext(ga, keep)) / max(measure(None), 1e-12)
+    achieved = measure(Survivors(ga, keep)) / max(measure(None), 1e-12)
     if achieved > budget.value + 1e-6:
         warnings.warn(f"the {budget.kind} budget {budget.value} cannot be met: the smallest model the constraints "
                       f"allow keeps {achieved:.3f} of the dense {budget.kind} (round_to={round_to}, frozen and "

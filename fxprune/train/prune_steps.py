@@ -15,6 +15,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from fxprune.analysis.keep import Keep
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.rewrite.masks import insert_masks
 from fxprune.selection.select import Budget
@@ -47,7 +48,7 @@ def step_budgets(budget: Budget, steps: int, schedule: str = "linear") -> list[B
     return out
 
 
-def removed_channels(ga: GraphAnalysis, keep: dict[int, list[int]]) -> dict[int, set[int]]:
+def removed_channels(ga: GraphAnalysis, keep: Keep) -> dict[int, set[int]]:
     """{group id: channels not in `keep`} for the groups `keep` decides."""
     return {gid: set(range(ga.groups[gid].size)) - set(kept) for gid, kept in keep.items()}
 
@@ -88,7 +89,7 @@ def teacher_of(model: nn.Module, finetune: Any) -> nn.Module | None:
     return teacher
 
 
-def train_masked(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]], config: Any,
+def train_masked(gm: fx.GraphModule, ga: GraphAnalysis, keep: Keep, config: Any,
                  data: Iterable, eval_data: Iterable | None, teacher: nn.Module | None):
     """Fine-tune `gm` with `keep`'s masks in its graph; the trained weights are written back into `gm`."""
     from fxprune.train import Trainer

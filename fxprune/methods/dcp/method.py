@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fxprune.analysis.keep import Keep
 from fxprune.train.prune_steps import removed_channels
 from fxprune.rewrite.masks import insert_masks
 from fxprune.selection.select import select
@@ -56,7 +57,7 @@ def _train_config(inp: ScoreInput, o: dict):
     return dataclasses.replace(base, epochs=max(1, o["dcp_head_epochs"]), seed=o["seed"])
 
 
-def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
+def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
     t0 = time.perf_counter()
     data = require_data(inp, "dcp", "its auxiliary heads are fine-tuned and its channel selection measures "
                                      "gradients on training batches")
@@ -106,7 +107,7 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
         state[[int(ga.offsets[gid]) + c for c in gone]] = 0.0
     trained = heads if o["dcp_head_epochs"] > 0 else None  # untrained heads would add noise, not discrimination
     segments = Segment.build(pruned, gm, points, trained, calib, mask_groups(pruned, ga, arrays, counts))
-    keep: dict[int, list[int]] = {}
+    keep: Keep = {}
     if "keep" in saved:
         pruned.load_state_dict(saved["pruned"])
         state[:] = saved["state"].numpy()

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 from fxprune.selection.select import _channel_groups, repair
 from fxprune.train.runtime import reinitialise
 from fxprune.methods.search.budget_fit import scale_to_fit
@@ -71,7 +71,7 @@ def _options(inp: ScoreInput) -> dict:
     return o
 
 
-def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
+def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
     t0 = time.perf_counter()
     data = search_data(require_data(inp, "jst", "the network, its channel weights and ThresNet are trained on "
                                                 "batches"), "data")
@@ -83,8 +83,8 @@ def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, li
     cost_of = cost.measure(budget.kind)
     dense = cost_of(None)
 
-    def measure(keep: dict[int, list[int]]) -> float:
-        return cost_of(RewriteContext(ga, repair(ga, keep, {})))
+    def measure(keep: Keep) -> float:
+        return cost_of(Survivors(ga, repair(ga, keep, {})))
 
     seed = int(o["seed"])
     with torch.random.fork_rng(devices=[]):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxprune.analysis.keep import Keep
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.methods.search.gates import flat_gates
 from fxprune.methods.search.widths import rounded
@@ -36,7 +37,7 @@ class Draw:
         """Group `gid` keeps its `n` best-ranked channels (at least its frozen ones, at least one)."""
         return sorted(self.order[gid][:self.space.count(gid, n)])
 
-    def keep(self) -> dict[int, list[int]]:
+    def keep(self) -> Keep:
         return {gid: self.keep_count(gid, n) for gid, n in self.counts.items()}
 
 
@@ -53,7 +54,7 @@ class ChannelWeights(nn.Module):
         g = self.ga.groups[gid]
         return rounded(max(1, len(g.frozen), int(n)), g.size, self.round_to)
 
-    def scales(self, keep: dict[int, list[int]] | None = None) -> dict[int, torch.Tensor]:
+    def scales(self, keep: Keep | None = None) -> dict[int, torch.Tensor]:
         """{group id: per-channel scale}: n x softmax(alpha) over the n kept channels, 0 elsewhere (`keep`
         None: every channel kept -- the coarse training)."""
         out = {}
@@ -66,7 +67,7 @@ class ChannelWeights(nn.Module):
             out[gid] = len(keep[gid]) * F.softmax(a.masked_fill(~alive, float("-inf")), dim=0)
         return out
 
-    def flat(self, keep: dict[int, list[int]] | None = None, scaled: bool = True) -> torch.Tensor:
+    def flat(self, keep: Keep | None = None, scaled: bool = True) -> torch.Tensor:
         """The flat gate vector (fxprune.methods.search.gates) of `keep` with the channel scales (`scaled`) or as a
         plain 0/1 mask -- the latter computes what the slim model of `keep` computes."""
         like = self.alpha[0] if len(self.alpha) else None
@@ -87,7 +88,7 @@ class ChannelWeights(nn.Module):
         """ThresNet's inputs: each group's n x softmax(alpha), sorted descending (detached)."""
         return [(a.numel() * F.softmax(a.detach(), dim=0)).sort(descending=True).values for a in self.alpha]
 
-    def ranked(self, keep: dict[int, list[int]]) -> Draw:
+    def ranked(self, keep: Keep) -> Draw:
         """`keep` as a draw: in each group its kept channels first, then the others, each part by alpha
         (descending) -- growing it adds the channels JST weighs most."""
         order = {}

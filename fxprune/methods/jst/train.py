@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fxprune.analysis.keep import Keep
 from fxprune.train.losses import logits_of
 from fxprune.methods.search.budget_fit import shrink_to_fit
 from fxprune.methods.calibration import batches_per_epoch
@@ -32,7 +33,6 @@ from fxprune.methods.search.dist import average_gradients, mean_over_ranks
 from fxprune.methods.search.checkpoint import SearchCheckpoint
 from fxprune.methods.jst.thresnet import Reinforce, ThresNet
 
-Keep = dict[int, list[int]]
 
 
 @dataclass

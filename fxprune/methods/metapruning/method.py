@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 from fxprune.selection.select import _channel_groups, repair
 from fxprune.train.runtime import reinitialise
 from fxprune.train.losses import logits_of
@@ -115,7 +115,7 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
     return log
 
 
-def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict[int, list[int]]:
+def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
     t0 = time.perf_counter()
     data = search_data(require_data(inp, "metapruning", "the PruningNet is trained and candidates are scored on "
                                                         "batches"), "data")
@@ -149,7 +149,7 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> dict
         def cost_of_choice(choice: tuple[int, ...]) -> float:
             if choice not in cost_of:
                 keep = repair(ga, space.keep_of(dict(zip(space.gids, choice))), {})
-                cost_of[choice] = measure(RewriteContext(ga, keep))
+                cost_of[choice] = measure(Survivors(ga, keep))
             return cost_of[choice]
 
         def fits(choice: tuple[int, ...]) -> bool:

@@ -12,16 +12,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fxprune.analysis.keep import Keep
+
 KeepCount = Callable[[int, int], list[int]]  # (group id, count) -> the group's kept channels
 Measure = Callable[[dict], float]
 
 
-def _keep_at(counts: dict[int, int], keep_count: KeepCount, s: float) -> dict[int, list[int]]:
+def _keep_at(counts: dict[int, int], keep_count: KeepCount, s: float) -> Keep:
     return {gid: keep_count(gid, int(np.floor(s * n + 1e-9))) for gid, n in counts.items()}
 
 
 def _largest_fitting(counts: dict[int, int], keep_count: KeepCount, fits: Callable[[dict], bool], lo: float,
-                     hi: float, steps: int) -> dict[int, list[int]]:
+                     hi: float, steps: int) -> Keep:
     """The architecture at the largest s in [lo, hi] that fits (`lo` is assumed to fit), by bisection."""
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -30,7 +32,7 @@ def _largest_fitting(counts: dict[int, int], keep_count: KeepCount, fits: Callab
 
 
 def _fit(counts: dict[int, int], keep_count: KeepCount, measure: Measure, target: float, top: float,
-         steps: int) -> dict[int, list[int]]:
+         steps: int) -> Keep:
     """Scaled down into `target` when over it, else up by a factor of at most `top` while it still fits."""
     limit = target * (1 + 1e-9) + 1e-6
     fits = lambda keep: measure(keep) <= limit  # noqa: E731
@@ -42,7 +44,7 @@ def _fit(counts: dict[int, int], keep_count: KeepCount, measure: Measure, target
 
 
 def shrink_to_fit(counts: dict[int, int], keep_count: KeepCount, measure: Measure,
-                  target: float, steps: int = 30) -> dict[int, list[int]]:
+                  target: float, steps: int = 30) -> Keep:
     """{group id: kept channels} of `counts` scaled by the largest common factor <= 1 that fits `target`.
 
     >>> keep_count = lambda gid, n: list(range(max(n, 1)))
@@ -53,7 +55,7 @@ def shrink_to_fit(counts: dict[int, int], keep_count: KeepCount, measure: Measur
 
 
 def scale_to_fit(counts: dict[int, int], sizes: dict[int, int], keep_count: KeepCount, measure: Measure,
-                 target: float, steps: int = 30) -> dict[int, list[int]]:
+                 target: float, steps: int = 30) -> Keep:
     """Like `shrink_to_fit`, and an architecture under `target` is grown by the largest common factor that
     still fits (every group capped at its size in `sizes`); the counts' proportions are kept either way.
 

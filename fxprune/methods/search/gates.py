@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from fxprune.analysis.keep import Keep
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.rewrite.masks import insert_masks
 
@@ -106,7 +107,7 @@ def inherit_weights(gm: nn.Module, gated: nn.Module) -> None:
                        strict=False)
 
 
-def install_gates(gm: fx.GraphModule, ga: GraphAnalysis, keep: dict[int, list[int]] | None = None
+def install_gates(gm: fx.GraphModule, ga: GraphAnalysis, keep: Keep | None = None
                   ) -> tuple[fx.GraphModule, ChannelGates]:
     """A deep copy of `gm` whose every mask is computed by one `ChannelGates` module (returned too).
 

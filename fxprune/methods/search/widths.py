@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fxprune.analysis.keep import Keep
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.methods.search.gates import flat_gates
 
@@ -55,7 +56,7 @@ class WidthSpace:
             widths[gid] = m
         return cls(ga, gids, tuple(fractions), widths, counts, ranking, round_to)
 
-    def keep_of(self, choice: dict[int, int]) -> dict[int, list[int]]:
+    def keep_of(self, choice: dict[int, int]) -> Keep:
         """{group id: kept channels} of a candidate index per group."""
         return {gid: sorted(self.ranking[gid][:self.counts[gid][k]]) for gid, k in choice.items()}
 

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from fxprune.analysis.keep import RewriteContext
+from fxprune.analysis.keep import Keep, Survivors
 from fxprune.selection.select import _channel_groups, repair
 from fxprune.methods.search.gates import group_of_array, inherit_weights, install_gates
 from fxprune.methods.scorers.magnitude import magnitude_scores
@@ -51,7 +51,7 @@ def search_config(options: dict) -> SearchConfig:
         progress=bool(o.get("tas_progress", True)))
 
 
-def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[int]]:
+def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> Keep:
     data = search_data(require_data(inp, "tas", "the width distributions and the weights are trained on batches"),
                        "data")
     require_cost_budget(inp, budget, "tas")
@@ -91,7 +91,7 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> dict[int, list[in
     inp.options["tas_log"] = [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]
     if depth is not None:
         measure = _record_depths(inp, depth, cost, budget.kind)
-    return fit_budget(space, choice, lambda keep: measure(RewriteContext(ga, repair(ga, keep, {}))), target)
+    return fit_budget(space, choice, lambda keep: measure(Survivors(ga, repair(ga, keep, {}))), target)
 
 
 def _owner(ga, module: str) -> int | None:
@@ -143,7 +143,7 @@ def _fingerprint(ga, gids: list[int], fractions: tuple, cfg: SearchConfig, budge
             "round_to": round_to}
 
 
-def fit_budget(space: WidthSpace, choice: dict[int, int], measure, target: float) -> dict[int, list[int]]:
+def fit_budget(space: WidthSpace, choice: dict[int, int], measure, target: float) -> Keep:
     """The searched architecture, or, when it costs more than `target`, every group's searched width times
     the largest common factor that fits (budget_fit.shrink_to_fit)."""
     return shrink_to_fit({gid: space.counts[gid][k] for gid, k in choice.items()}, space.keep_count, measure, target)
