@@ -1,84 +1,89 @@
-"""The one-call verbs: trace, analyse, prune, apply_masks / remove_masks, apply_plan."""
+"""The one-call verbs: prune, apply_plan, apply_masks / remove_masks (the stages one by one: `fxprune.stages`)."""
 from __future__ import annotations
 
 import copy
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from fxprune import analysis as _analysis  # noqa: F401  (registers the op rules)
-from fxprune.analysis.analyse import GraphAnalysis, run_analysis
+from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.analysis.blocks import remove_blocks
+from fxprune.analysis.keep import Keep, Survivors
+from fxprune.cost.latency_table import LatencyModel
 from fxprune.cost.model import CostModel, count_params
 from fxprune.deploy.align import measure_alignment
-from fxprune.cost.latency_table import LatencyModel
 from fxprune.deploy.target import Target, as_target
 from fxprune.errors import PlanMismatchError
-from fxprune.train.prune_steps import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of, train_masked,
-                       train_slim, training_device)
-from fxprune.rewrite.masks import insert_masks, strip_masks
 from fxprune.methods import get_method
 from fxprune.methods.registry import ScoreInput
-from fxprune.analysis.keep import Keep, Survivors
+from fxprune.rewrite.masks import insert_masks, strip_masks
 from fxprune.rewrite.rewriter import rewrite
 from fxprune.selection.select import Budget, fits_at_minimum, repair, select
-from fxprune.tracing.tracer import META_FLOPS, as_input_tuple, propagate_shapes, trace
-from fxprune.types import ChannelGroup, GroupDecision, PruneResult, PruningPlan, Report
-
-__version__ = "0.1.0"
-
-
-def _prepare(model: nn.Module, example_inputs: Any, strict: bool, leaf_modules: Sequence[type],
-             example_kwargs: dict | None, copy_model: bool = True) -> tuple[fx.GraphModule, GraphAnalysis]:
-    gm = trace(model, example_inputs, leaf_modules=leaf_modules, example_kwargs=example_kwargs,
-               copy_model=copy_model)
-    return gm, run_analysis(gm, strict=strict, opaque=tuple(leaf_modules))
+from fxprune.stages import make_plan, prepare
+from fxprune.tracing.meta import total_flops
+from fxprune.tracing.tracer import as_input_tuple, propagate_shapes
+from fxprune.train.prune_steps import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of,
+                                       train_masked, train_slim, training_device)
+from fxprune.types import PruneResult, PruningPlan, Report
 
 
-def analyse(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_modules: Sequence[type] = (),
-            example_kwargs: dict | None = None) -> list[ChannelGroup]:
-    """Trace `model` and return its channel groups (channels that must be pruned together).
 
-    >>> import torch, torchvision, fxprune
-    >>> groups = fxprune.analyse(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64))
-    >>> [g.size for g in groups][:3]
-    [64, 64, 64]
+@dataclass
+class PruneOptions:
+    """Everything `prune` takes besides the model, the method, the budget, the data and the fine-tune: how the
+    model is traced, how the budget is spread, where it runs. Each field can also be passed to `prune` as a
+    keyword of the same name (`prune(..., round_to=8)`).
+
+    `target`: where a latency budget or `round_to="auto"` is measured (a `fxprune.Target` or a device string;
+    default CUDA when available, else the CPU). `round_to`: kept counts are multiples of it ("auto": the
+    channel multiple measured to run well on `target`, `fxprune.deploy.measure_alignment`). `ignore`: module
+    names (their output channels are kept) or group ids. `scope`: "global" ranks channels across all groups,
+    "local" removes the same fraction from every group (default: the method's own). `steps`: prune in that
+    many rounds, budgets following `step_schedule` ("linear" or "geometric"), the masked model fine-tuned
+    between rounds. `device`: where training and evaluation run (default CUDA when available). `inplace`:
+    slice the caller's modules instead of a copy. `strict=False` freezes channels reaching ops without a rule
+    instead of raising. `leaf_modules` are traced as opaque leaves (their channels kept); `example_kwargs` are
+    the forward's keyword inputs.
     """
-    return _prepare(model, example_inputs, strict, leaf_modules, example_kwargs, copy_model=False)[1].groups
+
+    target: Target | str | None = None
+    round_to: int | str = 1
+    ignore: Iterable = ()
+    scope: str | None = None
+    steps: int = 1
+    step_schedule: str = "linear"
+    device: Any = None
+    inplace: bool = False
+    strict: bool = True
+    leaf_modules: Sequence[type] = ()
+    example_kwargs: dict | None = None
+
+
+PRUNE_OPTIONS = frozenset(f.name for f in fields(PruneOptions))
 
 
 def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: float | None = None,
           flops: float | None = None, params: float | None = None, latency: float | None = None,
-          target: Target | str | None = None, round_to: int | str = 1, ignore: Iterable = (),
-          scope: str | None = None, data: Iterable | None = None, eval_data: Iterable | None = None,
-          finetune: Any = None, steps: int = 1, step_schedule: str = "linear", device: Any = None,
-          inplace: bool = False,
-          strict: bool = True, leaf_modules: Sequence[type] = (), example_kwargs: dict | None = None,
-          **method_options: Any) -> PruneResult:
+          data: Iterable | None = None, eval_data: Iterable | None = None, finetune: Any = None,
+          options: PruneOptions | None = None, **keywords: Any) -> PruneResult:
     """Prune `model` to a budget and return the slim GraphModule, the plan and a report.
 
     Exactly one budget: `ratio` (fraction of every group's channels removed), `flops`, `params` or `latency`
-    (fraction of the dense model's FLOPs / params / latency kept). A latency budget is measured on `target`
-    (a `fxprune.Target` or a device string; default: CUDA when available, else the CPU) at the example
-    input's shape, through a per-layer latency table (`fxprune.cost.LatencyModel`). `scope` picks how a
-    budget is spread: "global" ranks channels across all groups, "local" removes the same fraction from every
-    group (default: the method's own, "local" for `uniform`). `ignore` takes module names (their output
-    channels are kept) or group ids; `round_to` makes kept counts multiples of it, and `round_to="auto"`
-    uses the channel multiple measured to run well on `target` (`fxprune.deploy.measure_alignment`);
-    `strict=False` freezes channels reaching ops
-    without a rule instead of raising; `leaf_modules` are traced as opaque leaves (their channels kept);
-    `inplace=True` slices the caller's modules instead of a copy; further keyword options go to the method.
+    (fraction of the dense model's FLOPs / params / latency kept). A latency budget is measured on
+    `options.target` at the example input's shape, through a per-layer latency table
+    (`fxprune.cost.LatencyModel`). `options` (a `PruneOptions`) says how to trace, spread the budget and
+    where to run; its fields may also be given as keywords. Any other keyword is an option of the method
+    (`fxprune methods`; a misspelled one is an error that lists the valid ones).
 
     With data: `data` (an iterable of (inputs, targets) batches) feeds methods that need it (taylor,
     slimming) and the fine-tune; `finetune=Finetune(epochs=..., kd=...)` fine-tunes the slim model (with
     knowledge distillation from the dense model when kd=True); `eval_data` measures accuracy before pruning,
-    right after it and after every fine-tune epoch (`result.report.accuracy`, `result.history`); `steps=N`
-    prunes in N rounds whose budgets follow `step_schedule` ("linear" or "geometric"), fine-tuning the
-    masked model between rounds. Training and evaluation run on `device` (default: CUDA when available).
+    right after it and after every fine-tune epoch (`result.report.accuracy`, `result.history`).
 
     >>> import torch, torchvision, fxprune
     >>> x = torch.randn(1, 3, 64, 64)
@@ -86,31 +91,35 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     >>> res.report.flops_ratio <= 0.5 and res.model(x).shape == (1, 1000)
     True
     """
+    opts, method_options = _split_keywords(options, keywords)
     budget = Budget.from_options(ratio, flops, params, latency)
     backend = get_method(method)
-    deployment = _deployment_target(target, budget, round_to, device)
-    budgets = step_budgets(budget, steps, step_schedule)
-    check_data_options(data, finetune, steps, backend.needs_data, method)
+    deployment = _deployment_target(opts.target, budget, opts.round_to, opts.device)
+    budgets = step_budgets(budget, opts.steps, opts.step_schedule)
+    check_data_options(data, finetune, opts.steps, backend.needs_data, method)
     inputs = as_input_tuple(example_inputs)
-    gm, ga = _prepare(model, inputs, strict, leaf_modules, example_kwargs, copy_model=not inplace)
+    ga = prepare(model, inputs, strict=opts.strict, leaf_modules=opts.leaf_modules,
+                 example_kwargs=opts.example_kwargs, copy_model=not opts.inplace)
+    gm = ga.gm
     cost = CostModel.build(gm, ga)
     if budget.kind == "latency":
         cost.latency_model = LatencyModel.build(gm, ga, inputs, deployment)
-    ignored = _ignored_groups(gm, ga, ignore)
-    round_to = _resolve_round_to(round_to, deployment, ga, cost, budget, ignored)
-    dense_flops, dense_params = _dense_counts(gm), count_params(gm)
+    ignored = _ignored_groups(gm, ga, opts.ignore)
+    round_to = _resolve_round_to(opts.round_to, deployment, ga, cost, budget, ignored)
+    dense_flops, dense_params = total_flops(gm), count_params(gm)
     if data is not None or eval_data is not None:
-        gm.to(training_device(device))
+        gm.to(training_device(opts.device))
     teacher = teacher_of(model, finetune)
     acc = {"dense": accuracy(gm, eval_data)}
     inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to)
-    keep, history, search_s = _decide_steps(backend, inp, budgets, cost, ignored, scope,
+    keep, history, search_s = _decide_steps(backend, inp, budgets, cost, ignored, opts.scope,
                                             lambda k: train_masked(gm, ga, k, finetune, data, eval_data, teacher))
-    plan = _make_plan(ga, keep, method, inp.options, budget, round_to, strict, scope or backend.scope, steps)
+    plan = make_plan(ga, keep, method=method, options=inp.options, budget=budget, round_to=round_to,
+                     strict=opts.strict, scope=opts.scope or backend.scope, steps=opts.steps)
     plan.skipped_blocks = [list(b) for b in inp.skipped_blocks]
     rewrite(gm, ga, keep)
     remove_blocks(gm, plan.skipped_blocks)
-    propagate_shapes(gm, _to_device_of(gm, inputs), example_kwargs or {})
+    propagate_shapes(gm, _to_device_of(gm, inputs), opts.example_kwargs or {})
     acc["pruned"] = accuracy(gm, eval_data)
     if finetune is not None:
         history.append(train_slim(gm, finetune, data, eval_data, teacher))
@@ -120,6 +129,17 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     report.search = _search_cost(search_s, gm)
     _record_achieved(plan, report, cost, ga, keep, deployment)
     return PruneResult(gm, plan, report, history)
+
+
+def _split_keywords(options: PruneOptions | None, keywords: dict[str, Any]) -> tuple[PruneOptions, dict[str, Any]]:
+    """(prune's own options, the method's options) from `options=` and the keywords; a keyword given both
+    ways is refused."""
+    own = {k: v for k, v in keywords.items() if k in PRUNE_OPTIONS}
+    if options is not None and own:
+        raise TypeError(f"prune: {', '.join(sorted(own))} given both as keyword and in options=; pass each once.")
+    if options is not None and not isinstance(options, PruneOptions):
+        raise TypeError(f"options must be a fxprune.PruneOptions, got {type(options).__name__}.")
+    return options or PruneOptions(**own), {k: v for k, v in keywords.items() if k not in PRUNE_OPTIONS}
 
 
 def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostModel, ignored: set[int],
@@ -189,18 +209,19 @@ def _resolve_round_to(round_to: int | str, target: Target | None, ga: GraphAnaly
 def apply_plan(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, leaf_modules: Sequence[type] = (),
                example_kwargs: dict | None = None, inplace: bool = False) -> fx.GraphModule:
     """Rebuild the slim model of `plan` on a freshly constructed `model` (same architecture)."""
-    gm, ga = _prepare(model, example_inputs, plan.strict, leaf_modules, example_kwargs, copy_model=not inplace)
-    rewrite(gm, ga, _check_plan(ga, plan))
-    return remove_blocks(gm, plan.skipped_blocks)
+    ga = prepare(model, example_inputs, strict=plan.strict, leaf_modules=leaf_modules, example_kwargs=example_kwargs,
+                 copy_model=not inplace)
+    rewrite(ga.gm, ga, _check_plan(ga, plan))
+    return remove_blocks(ga.gm, plan.skipped_blocks)
 
 
 def apply_masks(model: nn.Module, example_inputs: Any, plan: PruningPlan, *, soft: bool = False,
                 leaf_modules: Sequence[type] = (), example_kwargs: dict | None = None) -> fx.GraphModule:
     """The same architecture with the plan's masks written into the graph (no channel removed; residual
     blocks a depth search removed are removed here too, as in the slim model)."""
-    gm, ga = _prepare(model, example_inputs, plan.strict, leaf_modules, example_kwargs)
-    insert_masks(gm, ga, _check_plan(ga, plan), soft=soft)
-    return remove_blocks(gm, plan.skipped_blocks)
+    ga = prepare(model, example_inputs, strict=plan.strict, leaf_modules=leaf_modules, example_kwargs=example_kwargs)
+    insert_masks(ga.gm, ga, _check_plan(ga, plan), soft=soft)
+    return remove_blocks(ga.gm, plan.skipped_blocks)
 
 
 def remove_masks(masked: fx.GraphModule) -> fx.GraphModule:
@@ -226,14 +247,6 @@ def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> Keep:
                 f"plan group {d.id} removes channels {dropped[:5]} that must be kept "
                 f"({g.frozen[dropped[0]]}); the plan was edited or made for another graph.")
     return {d.id: list(d.keep) for d in plan.groups if len(d.keep) < d.size}
-
-
-def _make_plan(ga: GraphAnalysis, keep: Keep, method: str, options: dict, budget: Budget,
-               round_to: int, strict: bool, scope: str, steps: int) -> PruningPlan:
-    decisions = [GroupDecision(g.id, g.size, list(keep.get(g.id, range(g.size)))) for g in ga.groups]
-    opts = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool, list, type(None)))}
-    return PruningPlan(decisions, ga.signature, method, opts, {"kind": budget.kind, "value": budget.value},
-                       round_to, strict, scope, steps, library_version=__version__)
 
 
 def decide(backend, inp: ScoreInput, ga: GraphAnalysis, budget: Budget, cost: CostModel, round_to: int,
@@ -271,15 +284,11 @@ def _ignored_groups(gm: fx.GraphModule, ga: GraphAnalysis, ignore: Iterable) -> 
     return out
 
 
-def _dense_counts(gm: fx.GraphModule) -> int:
-    return int(sum(n.meta.get(META_FLOPS, 0) or 0 for n in gm.graph.nodes))
-
-
 def _report(ga: GraphAnalysis, plan: PruningPlan, dense_flops: int, dense_params: int,
             slim: fx.GraphModule) -> Report:
     widths = [(d.id, d.size, len(d.keep), ga.groups[d.id].origin) for d in plan.groups]
     frozen = [(g.id, next(iter(g.frozen.values()))) for g in ga.groups if g.frozen and len(g.frozen) == g.size]
-    return Report(dense_flops, _dense_counts(slim), dense_params, count_params(slim), widths, frozen)
+    return Report(dense_flops, total_flops(slim), dense_params, count_params(slim), widths, frozen)
 
 
-__all__ = ["analyse", "apply_masks", "apply_plan", "prune", "remove_masks", "trace", "torch"]
+__all__ = ["PruneOptions", "apply_masks", "apply_plan", "prune", "remove_masks"]

@@ -35,3 +35,7 @@ class RunDirError(FxPruneError):
 
 class DeployParityError(ExportParityError):
     """An optimised model (fxprune.deploy.optimize) does not compute what the original module computes."""
+
+
+class MethodOptionError(FxPruneError, ValueError):
+    """A method option is unknown to the method (a misspelled key) or its value does not fit the option."""

@@ -69,8 +69,14 @@ class Registry(Generic[K, V]):
         return value
 
     def unregister(self, key: K) -> V:
-        """Remove and return the entry under `key`."""
+        """Remove and return the entry under `key` (RegistryError when there is none)."""
+        if key not in self._entries:
+            raise RegistryError(f"{self.name}: nothing is registered under {self.describe(key)!r}.")
         return self._entries.pop(key)
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        """Remove and return the entry under `key`, or `default` (dict-style)."""
+        return self._entries.pop(key, default)
 
     @contextlib.contextmanager
     def override(self, key: K, value: V) -> Iterator[V]:
@@ -119,6 +125,19 @@ class Registry(Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"Registry({self.name!r}, {len(self)} entries)"
+
+
+def qualified_name(key: object) -> str:
+    """A registry key as a name: `torch.nn.modules.conv.Conv2d`, `torch.functional.split`, `Tensor.view`.
+
+    >>> import torch
+    >>> qualified_name(torch.nn.Conv2d), qualified_name(("method", "view"))
+    ('torch.nn.modules.conv.Conv2d', 'Tensor.view')
+    """
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == "method":
+        return f"Tensor.{key[1]}"
+    name = getattr(key, "__qualname__", None) or getattr(key, "__name__", None)
+    return f"{getattr(key, '__module__', None) or '?'}.{name}" if name else str(key)
 
 
 def _short(value: object) -> str:

@@ -305,15 +305,16 @@ def seeded_resnet20() -> nn.Module:
 
 def run_search(method: str, model: nn.Module, x: Any, data: Any, budget: Any, **options: Any) -> tuple:
     """A searching method's decision on `model`, as prune takes it: (gm, ga, cost model, keep, plan, options)."""
-    from fxprune.api import _make_plan, _prepare
+    from fxprune.stages import make_plan, prepare
     from fxprune.cost.model import CostModel
     from fxprune.methods import get_method
     from fxprune.methods.registry import ScoreInput
     from fxprune.selection.select import repair
 
-    gm, ga = _prepare(model, (x,), True, (), None)
+    ga = prepare(model, x)
+    gm = ga.gm
     cost = CostModel.build(gm, ga)
     inp = ScoreInput(gm, ga, (x,), dict(options), data)
     keep = repair(ga, get_method(method).search(inp, budget, cost, set()), {})
-    plan = _make_plan(ga, keep, method, inp.options, budget, 1, True, "global", 1)
+    plan = make_plan(ga, keep, method=method, options=inp.options, budget=budget, round_to=1, strict=True, scope="global", steps=1)
     return gm, ga, cost, keep, plan, inp.options

@@ -10,7 +10,7 @@ from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 import fxprune
-from fxprune.api import _prepare
+from fxprune.stages import prepare
 from fxprune.cost.model import CostModel
 from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import repair
@@ -53,7 +53,8 @@ def test_predicted_flops_are_the_slim_models_counted_flops(name, seed, ratio):
     torch.manual_seed(seed)
     model, x = build().eval(), torch.randn(shape)
     res = fxprune.prune(model, x, method="random", ratio=ratio, seed=seed)
-    gm, ga = _prepare(model, (x,), True, (), None)
+    ga = prepare(model, x)
+    gm = ga.gm
     keep = repair(ga, {d.id: d.keep for d in res.plan.groups}, {})
     predicted = CostModel.build(gm, ga).flops(Survivors(ga, keep))
     assert res.report.flops_after < res.report.flops_before

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.api import _make_plan, _prepare
+from fxprune.stages import make_plan, prepare
 from fxprune.cost.model import CostModel
 from fxprune.methods import get_method
 from fxprune.methods.dcp.heads import head_points, main_path
@@ -35,17 +35,18 @@ def _data(n=2, bs=8, shape=(3, 32, 32), classes=10, seed=0):
 
 def _search(model, x, data, budget: Budget, **options):
     """Run the dcp search on a traced copy; returns (trained traced model, plan, flops ratio, options)."""
-    gm, ga = _prepare(model, (x,), True, (), None)
+    ga = prepare(model, x)
+    gm = ga.gm
     cost = CostModel.build(gm, ga)
     inp = ScoreInput(gm, ga, (x,), dict(options), data)
     keep = repair(ga, get_method("dcp").search(inp, budget, cost, set()), {})
-    plan = _make_plan(ga, keep, "dcp", inp.options, budget, 1, True, "local", 1)
+    plan = make_plan(ga, keep, method="dcp", options=inp.options, budget=budget, round_to=1, strict=True, scope="local", steps=1)
     return gm, ga, keep, plan, cost.flops(Survivors(ga, keep)) / cost.flops(None), inp.options
 
 
 def test_head_points_are_block_outputs_in_different_stages_evenly_spaced_by_flops():
     x = torch.randn(1, 3, 32, 32)
-    gm, _ = _prepare(resnet20().eval(), (x,), True, (), None)
+    gm = prepare(resnet20().eval(), x).gm
     path = {n.name for n in main_path(gm)}
     assert not any("conv1" in n and n.startswith("layer") for n in path)  # inside a block: not on the path
     points = head_points(gm, 3)
@@ -162,7 +163,8 @@ def test_layer_reconstruction_targets_are_the_groups_consumer_ops():
     from fxprune.rewrite.masks import insert_masks
     from fxprune.methods.dcp.select import mask_groups
 
-    gm, ga = _prepare(resnet20().eval(), (torch.randn(1, 3, 32, 32),), True, (), None)
+    ga = prepare(resnet20().eval(), torch.randn(1, 3, 32, 32))
+    gm = ga.gm
     arrays = {}
     insert_masks(gm, ga, {}, soft=True, arrays=arrays)
     inner = next(g for g in ga.groups if any(m.name == "layer1.0.conv1.weight" and m.role == "producer"
@@ -199,7 +201,8 @@ def test_masks_are_created_on_the_device_of_the_model():
     """DCP/TAS/Taylor insert masks into a model that may already live on CUDA; the meta device stands in."""
     from fxprune.rewrite.masks import insert_masks
 
-    gm, ga = _prepare(resnet20(), (torch.randn(1, 3, 32, 32),), True, (), None)
+    ga = prepare(resnet20(), torch.randn(1, 3, 32, 32))
+    gm = ga.gm
     gm.to("meta")
     masks = insert_masks(gm, ga, {}, soft=True)
     assert masks and all(m.device.type == "meta" for m in masks.values())

@@ -10,13 +10,13 @@ import torch
 import torchvision
 
 import fxprune
-from fxprune.api import _prepare
+from fxprune.stages import prepare
 from fxprune.cost.model import CostModel
 from fxprune.methods.calibration import batches_after, score_batches
 from fxprune.methods.jst.space import ChannelWeights
 from fxprune.methods.jst.thresnet import Reinforce, ThresNet
 from fxprune.analysis.keep import Survivors
-from fxprune.selection.select import Budget, _channel_groups, repair
+from fxprune.selection.select import Budget, channel_groups, repair
 from fxprune.zoo import resnet20
 
 from helpers import assert_slim_equals_masked, random_batches, run_search, seeded_resnet20
@@ -27,8 +27,9 @@ X = torch.randn(1, 3, 32, 32)
 
 
 def _space(round_to=1):
-    gm, ga = _prepare(seeded_resnet20(), (X,), True, (), None)
-    return gm, ga, ChannelWeights(ga, _channel_groups(ga, set()), round_to)
+    ga = prepare(seeded_resnet20(), X)
+    gm = ga.gm
+    return gm, ga, ChannelWeights(ga, channel_groups(ga, set()), round_to)
 
 
 def _search(model, x, data, budget, **options):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import fxprune
+from fxprune.stages import prepare
 from fxprune.deploy.align import measure_alignment
 from fxprune.cost.latency_table import LatencyModel, grid_widths
 from fxprune.deploy.target import Target
@@ -86,7 +87,8 @@ def test_latency_budget_predicts_what_the_timer_measures():
 
 def test_dense_prediction_equals_the_measured_model():
     model = get_cifar_model("resnet20").eval()
-    gm, ga = fxprune.api._prepare(model, (X,), True, (), None)
+    ga = prepare(model, X)
+    gm = ga.gm
     lm = LatencyModel.build(gm, ga, (X,), _target())
     assert lm.latency(None) == pytest.approx(_model_cost(model, (X,)), rel=1e-9)
     terms, fixed = lm.linear_terms()
@@ -95,7 +97,8 @@ def test_dense_prediction_equals_the_measured_model():
 
 def test_layer_measurements_are_cached_per_target(tmp_path):
     model = get_cifar_model("resnet20").eval()
-    gm, ga = fxprune.api._prepare(model, (X,), True, (), None)
+    ga = prepare(model, X)
+    gm = ga.gm
     first = LatencyModel.build(gm, ga, (X,), Target("cpu", timer=FakeTimer(), cache=tmp_path))
     again = LatencyModel.build(gm, ga, (X,), Target("cpu", timer=FakeTimer(), cache=tmp_path))
     assert first.measurements > 0 and again.measurements == 0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 
 import fxprune
-from fxprune.api import _prepare
+from fxprune.stages import prepare
 from fxprune.methods.search.evolution import EvolutionConfig, evolve
 from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import Budget
@@ -185,11 +185,13 @@ def test_pruningnet_parts_move_with_the_network():
     registered parts of the network, so that `.to()` moves them (a dtype change stands in for the device)."""
     from fxprune.methods.metapruning.pruningnet import PruningNet
     from fxprune.methods.search.widths import WidthSpace
-    from fxprune.selection.select import _channel_groups
+    from fxprune.selection.select import channel_groups
     import numpy as np
 
-    gm, ga = _prepare(_resnet(), (X,), True, (), None)
-    gids = _channel_groups(ga, set())
+    ga = prepare(_resnet(), X)
+
+    gm = ga.gm
+    gids = channel_groups(ga, set())
     space = WidthSpace.build(ga, gids, {g.id: -np.arange(g.size, dtype=float) for g in ga.groups}, (0.5, 1.0))
     pnet = PruningNet(gm, ga, space)
     pnet.net.to(torch.float64)
@@ -202,12 +204,14 @@ def test_pruningnet_parts_move_with_the_network():
 def _pruningnet(model, affine=True):
     from fxprune.methods.metapruning.pruningnet import PruningNet
     from fxprune.methods.search.widths import WidthSpace
-    from fxprune.selection.select import _channel_groups
+    from fxprune.selection.select import channel_groups
     import numpy as np
 
-    gm, ga = _prepare(model, (X,), True, (), None)
+    ga = prepare(model, X)
+
+    gm = ga.gm
     scores = {g.id: -np.arange(g.size, dtype=float) for g in ga.groups}
-    pnet = PruningNet(gm, ga, WidthSpace.build(ga, _channel_groups(ga, set()), scores, (0.5, 1.0)), affine)
+    pnet = PruningNet(gm, ga, WidthSpace.build(ga, channel_groups(ga, set()), scores, (0.5, 1.0)), affine)
     pnet.set(tuple(len(pnet.space.fractions) - 1 for _ in pnet.space.gids))  # full width
     pnet.net.train()
     return pnet

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.api import _prepare
+from fxprune.stages import prepare
 from fxprune.cost.model import CostModel
 from fxprune.methods import get_method
 from fxprune.methods.registry import ScoreInput
@@ -58,7 +58,8 @@ def _model(cls=Chain, seed=0):
 
 
 def _scores(model, x, method, data=None, **options):
-    gm, ga = _prepare(model, (x,), True, (), None)
+    ga = prepare(model, x)
+    gm = ga.gm
     inp = ScoreInput(gm, ga, (x,), options, data)
     backend = get_method(method)
     if backend.prepare:
@@ -188,7 +189,8 @@ def test_local_scope_is_uniform_and_global_is_not(method):
 
 def test_select_never_keeps_channels_removed_by_an_earlier_step():
     m = _model()
-    gm, ga = _prepare(m, (X,), True, (), None)
+    ga = prepare(m, X)
+    gm = ga.gm
     cost = CostModel.build(gm, ga)
     scores = {g.id: np.arange(g.size, dtype=float) for g in ga.groups}  # high index = important
     g = _group_of(ga, "conv1.weight")

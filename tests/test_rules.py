@@ -12,7 +12,7 @@ from torch import nn
 
 import fxprune
 from fxprune.analysis.rules.common import channelwise
-from fxprune.analysis.registry import _RULES
+from fxprune.analysis.registry import RULES
 from fxprune.nn import PrunedMultiheadAttention
 
 from helpers import (assert_consistent_modules, assert_slim_equals_masked, assert_unchanged, check_prune,
@@ -719,7 +719,7 @@ def test_register_rule_makes_unsupported_op_work():
         res, rnd = check_prune(m, x)
         assert res.model.c1.out_channels == 4
     finally:
-        _RULES.pop(spatial_cumsum, None)
+        RULES.pop(spatial_cumsum, None)
     with pytest.raises(fxprune.UnsupportedOpError):
         fxprune.analyse(m, x)
 

@@ -13,7 +13,7 @@ import torchvision
 
 import fxprune
 from fxprune.analysis.blocks import residual_blocks
-from fxprune.api import _prepare
+from fxprune.stages import prepare
 from fxprune.cost.model import CostModel
 from fxprune.rewrite.masks import insert_masks
 from fxprune.methods.search.gates import install_gates
@@ -24,7 +24,7 @@ from fxprune.methods.search.widths import WidthSpace
 from fxprune.methods.tas.space import ExpectedCost, sample_two
 from fxprune.methods.tas.train import SearchConfig, cost_loss, tau_at
 from fxprune.analysis.keep import Survivors
-from fxprune.selection.select import _channel_groups
+from fxprune.selection.select import channel_groups
 from fxprune.zoo import resnet20
 
 from helpers import assert_slim_equals_masked
@@ -66,7 +66,8 @@ def _random_keep(ga, seed):
 def test_hard_gates_equal_the_masked_model(name):
     make, shape = MODELS[name]
     x = torch.randn(2, *shape[1:])
-    gm, ga = _prepare(make(), (x,), True, (), None)
+    ga = prepare(make(), x)
+    gm = ga.gm
     for seed in (0, 1):
         keep = _random_keep(ga, seed)
         masked = copy.deepcopy(gm)
@@ -86,8 +87,9 @@ def test_hard_gates_equal_the_masked_model(name):
 def _space(name):
     make, shape = MODELS[name]
     x = torch.randn(*shape)
-    gm, ga = _prepare(make(), (x,), True, (), None)
-    gids = _channel_groups(ga, set())
+    ga = prepare(make(), x)
+    gm = ga.gm
+    gids = channel_groups(ga, set())
     inp = ScoreInput(gm, ga, (x,), {})
     return gm, ga, WidthSpace.build(ga, gids, magnitude_scores(inp, 1)), CostModel.build(gm, ga)
 
@@ -162,7 +164,7 @@ def test_tas_on_resnet20_with_the_cifar10_subset_meets_the_budget_and_is_determi
     assert res.report.flops_ratio <= 0.5
     assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
     searched = res.plan.method_options["tas_searched_fractions"]
-    assert len(searched) == len(_channel_groups(_prepare(_resnet(), (x,), True, (), None)[1], set()))
+    assert len(searched) == len(channel_groups(prepare(_resnet(), x), set()))
     assert all(0.3 <= f <= 1.0 for _, f in searched)
     assert_slim_equals_masked(_resnet(), x, res)
     assert fxprune.PruningPlan.from_json(res.plan.to_json()).method_options == res.plan.method_options
@@ -173,7 +175,8 @@ def test_tas_end_to_end_on_torchvision_models(name):
     make, shape = MODELS[name]
     x = torch.randn(*shape)
     res = _tas(make(), x, _random_data(shape), flops=0.6)
-    gm, ga = _prepare(make(), (x,), True, (), None)
+    ga = prepare(make(), x)
+    gm = ga.gm
     cost = CostModel.build(gm, ga)
     keep = {d.id: d.keep for d in res.plan.groups}
     gone = {a for a, _ in res.plan.skipped_blocks}  # residual blocks the depth search removed
@@ -201,8 +204,8 @@ def test_tas_params_budget_and_option_errors():
 
 def test_tas_keeps_ignored_groups_and_frozen_channels():
     x = torch.randn(1, 3, 32, 32)
-    gm, ga = _prepare(_resnet(), (x,), True, (), None)
-    first = _channel_groups(ga, set())[0]
+    ga = prepare(_resnet(), x)
+    first = channel_groups(ga, set())[0]
     res = _tas(_resnet(), x, _random_data((1, 3, 32, 32), n=2), flops=0.5, ignore=[first])
     assert res.plan.groups[first].keep == list(range(ga.groups[first].size))
     assert first not in {gid for gid, _ in res.plan.method_options["tas_searched_fractions"]}
@@ -346,7 +349,7 @@ def test_depth_mix_with_one_hot_weights_equals_the_model_without_the_skipped_blo
     from fxprune.methods.tas.depth import DepthSpace
 
     x = torch.randn(2, 3, 32, 32)
-    gm, _ = _prepare(_resnet(), (x,), True, (), None)
+    gm = prepare(_resnet(), x).gm
     space = DepthSpace.build(gm)
     gated = copy.deepcopy(gm)
     gates = space.install(gated)
@@ -361,7 +364,8 @@ def test_expected_cost_of_one_hot_depths_is_the_cost_without_the_skipped_blocks(
     from fxprune.methods.tas.depth import DepthSpace
 
     x = torch.randn(1, 3, 32, 32)
-    gm, ga = _prepare(_resnet(), (x,), True, (), None)
+    ga = prepare(_resnet(), x)
+    gm = ga.gm
     cost = CostModel.build(gm, ga)
     space = DepthSpace.build(gm)
     depths = [2, 1, 2]

@@ -9,7 +9,7 @@ from torch import nn
 
 import fxprune
 from fxprune.analysis.rules.common import passthrough
-from fxprune.analysis.registry import _RULES
+from fxprune.analysis.registry import RULES
 from helpers import assert_slim_equals_masked, assert_unchanged, outputs, rel_err, state_snapshot
 
 
@@ -111,7 +111,7 @@ def timm_registry():
     yield register
     for cls in added:
         timm_fx._leaf_modules.discard(cls)
-        _RULES.pop(cls, None)
+        RULES.pop(cls, None)
 
 
 def _scale_rule(a, node):

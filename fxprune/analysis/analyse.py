@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, is_dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from fxprune.types import ChannelGroup, ChannelSlot, signature_of
 from fxprune.analysis.context import Analysis
 from fxprune.analysis.labels import Labels
 from fxprune.analysis.registry import describe_target, registration_hint, rule_for_node
+from fxprune.tracing.meta import auto_leaves, dtype_of, shape_of
 
 
 class _AtomIndex:
@@ -62,15 +63,40 @@ class _AtomIndex:
         return np.unique(np.concatenate([rs[~is_term], leaves[leaves >= 0]]))
 
 
-@dataclass
+@dataclass(eq=False)
 class GraphAnalysis:
-    """Everything later stages need: the pass's state, the groups, and each group's channel atoms."""
+    """The analysed graph: the hand-off from the analysis to every later stage (cost model, selection, masks,
+    rewrite, methods). `fxprune.prepare` / `fxprune.analyse` return one.
+
+    It holds the traced GraphModule (`gm`), the channel groups (`groups`; the object also reads as the
+    sequence of its groups: `ga[0]`, `len(ga)`, `for g in ga`), each group's channel atoms, and the
+    structural signature a `PruningPlan` is checked against.
+    """
 
     analysis: Analysis
     groups: list[ChannelGroup]
     roots: list[list[int]]  # group id -> its channel atoms (free roots), in channel order
     signature: str
     index: _AtomIndex = None  # type: ignore[assignment]
+    example_inputs: tuple = ()  # what the graph was traced and shaped with (set by fxprune.prepare)
+    example_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gm(self) -> fx.GraphModule:
+        """The traced GraphModule the analysis describes."""
+        return self.analysis.gm
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[ChannelGroup]:
+        return iter(self.groups)
+
+    def __getitem__(self, i):  # noqa: ANN001 -- an index or a slice, as on the list of groups
+        return self.groups[i]
+
+    def __repr__(self) -> str:
+        return f"GraphAnalysis({len(self.groups)} groups, signature {self.signature})"
 
     def alive_roots(self, keep: Mapping[int, list[int]]) -> np.ndarray:
         """Bool per atom: False for the free roots a keep decision {group id: kept indices} removes."""
@@ -128,7 +154,7 @@ def run_analysis(gm: fx.GraphModule, strict: bool = True, opaque: tuple[type, ..
     """
     a = Analysis(gm, strict)
     a.opaque = tuple(opaque)
-    a.auto_leaves = dict(gm.meta.get("fxprune_auto_leaves", {}))
+    a.auto_leaves = auto_leaves(gm)
     for node in gm.graph.nodes:
         a.values[node.name] = _propagate(a, node)
     _freeze_outputs(a)
@@ -194,7 +220,7 @@ def _input_labels(a: Analysis, node: fx.Node) -> list[Labels | None]:
 
 def _get_attr_labels(a: Analysis, node: fx.Node) -> Labels | None:
     shape = a.shape(node)
-    dtype = node.meta.get("fxprune_dtype")
+    dtype = dtype_of(node)
     if shape is None or (dtype is not None and not dtype.is_floating_point):
         return Labels(shape) if shape is not None else None  # integer buffers are indices, not channels
     dims = {d: a.param_atoms(node.target, d, s) for d, s in enumerate(shape) if s > 1}
@@ -261,7 +287,7 @@ def _build_groups(a: Analysis) -> tuple[list[ChannelGroup], list[list[int]], _At
 
 
 def _signature(gm: fx.GraphModule, groups: list[ChannelGroup]) -> str:
-    parts = [f"{n.op}:{_target_name(n.target)}:{n.meta.get('fxprune_shape')}" for n in gm.graph.nodes]
+    parts = [f"{n.op}:{_target_name(n.target)}:{shape_of(n)}" for n in gm.graph.nodes]
     parts += [f"group:{g.size}" for g in groups]
     return signature_of(parts)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from fxprune.tracing.tracer import META_SHAPE
+from fxprune.tracing.meta import shape_of
 
 __all__ = ["BlockRun", "ResidualBlock", "find_runs", "remove_blocks"]
 
@@ -73,7 +73,7 @@ def _branch(shortcut: fx.Node, out: fx.Node, add: fx.Node) -> tuple[fx.Node, ...
 
 
 def _same_shape(a: fx.Node, b: fx.Node) -> bool:
-    sa, sb = a.meta.get(META_SHAPE), b.meta.get(META_SHAPE)
+    sa, sb = shape_of(a), shape_of(b)
     return isinstance(sa, tuple) and sa == sb
 
 

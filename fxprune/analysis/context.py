@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from fxprune.tracing.tracer import META_SHAPE
+from fxprune.tracing.meta import shape_of
 from fxprune.analysis.atoms import UNIT, AtomTable
 from fxprune.analysis.labels import Labels
 
@@ -26,6 +26,19 @@ class MaskSite:
         return node.kwargs.get(self.arg) if isinstance(self.arg, str) else node.args[self.arg]
 
 
+class NodeFacts(TypedDict, total=False):
+    """What a rule learned about one node that the later stages (cost, masks, rewrite) need from it."""
+
+    heads: np.ndarray  # attention-head atoms
+    qk: np.ndarray  # query / key head-dim atoms
+    v: np.ndarray  # value head-dim atoms
+    head_dim: int  # the head dim a scaled-dot-product scale was computed from
+    rows: np.ndarray  # nn.MultiheadAttention's in-projection rows (the masked model zeroes removed ones)
+    groups: np.ndarray  # conv groups / norm groups atoms
+    const: int  # a constant size argument (view / reshape / split sizes) ...
+    labels: np.ndarray  # ... and the atoms that constant counts
+
+
 @dataclass
 class Analysis:
     gm: fx.GraphModule
@@ -36,7 +49,7 @@ class Analysis:
     roles: dict[tuple[str, int], str] = field(default_factory=dict)
     mask_sites: list[MaskSite] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # node name -> why its channels were frozen
-    node_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule-specific facts for rewrite
+    node_extra: dict[str, NodeFacts] = field(default_factory=dict)  # node name -> its rule's facts for later stages
 
     def __post_init__(self) -> None:
         self.modules: dict[str, nn.Module] = dict(self.gm.named_modules())
@@ -52,7 +65,7 @@ class Analysis:
         return None
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
-        s = node.meta.get(META_SHAPE)
+        s = shape_of(node)
         return s if isinstance(s, tuple) else None
 
     def module(self, node: fx.Node) -> nn.Module:

@@ -19,6 +19,7 @@ import numpy as np
 import torch.fx as fx
 
 from fxprune.analysis.analyse import GraphAnalysis
+from fxprune.analysis.context import NodeFacts
 from fxprune.analysis.labels import Labels
 
 
@@ -58,7 +59,7 @@ class Survivors:
     def labels(self, arg: Any) -> Labels | None:
         return self.ga.analysis.labels(arg)
 
-    def extra(self, node: fx.Node) -> dict[str, Any]:
+    def extra(self, node: fx.Node) -> NodeFacts:
         return self.ga.analysis.node_extra.get(node.name, {})
 
     def keep_mask(self, arr: np.ndarray) -> np.ndarray:

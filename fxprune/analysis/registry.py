@@ -3,9 +3,11 @@
 A rule is registered against a module class (call_module), a function (call_function) or a method
 name (call_method). Its `propagate(analysis, node)` returns the node's output labels and records what
 the node ties together; its optional `rewrite(ctx, node)` updates the node's constant arguments (view
-sizes, split sizes, head counts) once channels are removed; its optional `masked` is the function the
+sizes, split sizes, head counts) once channels are removed; its optional `masked` builds the node the
 masked model calls instead of the target (for ops such as layer_norm whose result depends on how many
-channels there are, so that masked == slim holds exactly).
+channels there are, so that masked == slim holds exactly):
+`masked(graph, node, module, mask, make_mask, *, dim, facts)` with `dim` the masked (reduced) dim and `facts`
+the rule's own `NodeFacts` for that node.
 
 >>> import torch
 >>> from fxprune.analysis.registry import rule_for_key
@@ -21,6 +23,8 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from fxprune.registry import Registry, qualified_name
+
 
 @dataclass(frozen=True)
 class OpRule:
@@ -29,7 +33,7 @@ class OpRule:
     masked: Callable[..., Any] | None = None
 
 
-_RULES: dict[Any, OpRule] = {}
+RULES: Registry[Any, OpRule] = Registry("op rules", describe=qualified_name)
 
 
 def method_key(name: str) -> tuple[str, str]:
@@ -37,18 +41,24 @@ def method_key(name: str) -> tuple[str, str]:
 
 
 def register_rule(*targets: Any, rewrite: Callable[..., None] | None = None,
-                  masked: Callable[..., Any] | None = None) -> Callable:
+                  masked: Callable[..., Any] | None = None, override: bool = False) -> Callable:
     """Register `propagate` for each target: a module class, a function, or `method_key("view")`.
 
-    Example (a custom element-wise function)::
+    A target that already has a rule is refused unless `override=True` (`RULES.override(...)` replaces one
+    for a `with` block). Example (a custom element-wise function; `pointwise` unifies the positions that meet):
 
-        @register_rule(my_swish)
-        def swish_rule(a, node):
-            return a.pointwise(node)
+    >>> import torch
+    >>> from fxprune.analysis.rules.common import pointwise
+    >>> def my_swish(x):
+    ...     return x * torch.sigmoid(x)
+    >>> _ = register_rule(my_swish)(pointwise)
+    >>> rule_for_key(my_swish).propagate is pointwise
+    True
+    >>> _ = RULES.unregister(my_swish)
     """
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         for t in targets:
-            _RULES[t] = OpRule(fn, rewrite, masked)
+            RULES.register(t, OpRule(fn, rewrite, masked), override=override)
         return fn
     return deco
 
@@ -56,11 +66,11 @@ def register_rule(*targets: Any, rewrite: Callable[..., None] | None = None,
 def rule_for_key(key: Any) -> OpRule | None:
     if isinstance(key, type):
         for cls in key.__mro__:
-            if cls in _RULES:
-                return _RULES[cls]
+            if cls in RULES:
+                return RULES[cls]
         return None
     try:
-        return _RULES.get(key)
+        return RULES.get(key)
     except TypeError:  # unhashable target
         return None
 
@@ -68,7 +78,7 @@ def rule_for_key(key: Any) -> OpRule | None:
 def has_exact_rule(key: Any) -> bool:
     """True when a rule is registered for exactly this class or function (not inherited)."""
     try:
-        return key in _RULES
+        return key in RULES
     except TypeError:
         return False
 

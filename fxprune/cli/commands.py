@@ -30,6 +30,7 @@ from fxprune.cli import runs as cli_runs
 from fxprune.cli.models import (DEFAULT_INPUT_SIZE, INPUT_SIZE_OF, MODEL_FORMS, MODEL_FORMS_HELP, MODEL_SOURCES,
                                 UsageError, add_model_args, example_input, load_model, parse_input_size)
 from fxprune.cli.runs import FORMAT_SUFFIX, export_path
+from fxprune.api import PRUNE_OPTIONS
 from fxprune.errors import FxPruneError
 from fxprune.report.run_dir import EXPORT_FILES, save_run
 
@@ -118,7 +119,7 @@ def parse_round_to(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--round-to takes a positive integer or 'auto', got {text!r}") from None
 
 
-PRUNE_KEYWORDS = frozenset(inspect.signature(fxprune.prune).parameters) - {"method_options"}
+PRUNE_KEYWORDS = (frozenset(inspect.signature(fxprune.prune).parameters) - {"keywords", "options"}) | PRUNE_OPTIONS
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -31,8 +31,9 @@ from torch import nn
 
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.analysis.keep import Survivors
-from fxprune.tracing.tracer import META_FLOPS, META_SHAPE
+from fxprune.tracing.meta import flops_of, shape_of
 from fxprune.deploy.target import Target
+from fxprune.registry import Registry, qualified_name
 
 __all__ = ["LatencyModel", "OpShape", "grid_widths"]
 
@@ -77,8 +78,22 @@ def _linear_shape(m: nn.Module, input_shape: tuple[int, ...]) -> OpShape | None:
                    tuple(input_shape))
 
 
-OP_SHAPES: dict[type, Callable[[nn.Module, tuple[int, ...]], OpShape | None]] = {
-    nn.Conv1d: _conv_shape, nn.Conv2d: _conv_shape, nn.Conv3d: _conv_shape, nn.Linear: _linear_shape}
+ShapeOf = Callable[[nn.Module, tuple[int, ...]], "OpShape | None"]
+OP_SHAPES: Registry[type, ShapeOf] = Registry("latency-table shapes", describe=qualified_name)
+
+
+def register_latency_shape(*types: type, override: bool = False) -> Callable[[ShapeOf], ShapeOf]:
+    """Register `shape_of(module, input_shape) -> OpShape | None` for module classes: the latency table times
+    such a layer alone over a grid of (in, out) widths. Layers without one are scaled by their FLOPs."""
+    def deco(fn: ShapeOf) -> ShapeOf:
+        for t in types:
+            OP_SHAPES.register(t, fn, override=override)
+        return fn
+    return deco
+
+
+register_latency_shape(nn.Conv1d, nn.Conv2d, nn.Conv3d)(_conv_shape)
+register_latency_shape(nn.Linear)(_linear_shape)
 
 
 def grid_widths(size: int, points: int) -> list[int]:
@@ -144,7 +159,7 @@ class LatencyModel:
             op = _op_shape(node, modules)
             if op is not None:
                 model.tables.append(_measure_table(op, _weight_dims(ga, node), target, store))
-            elif int(node.meta.get(META_FLOPS, 0) or 0):
+            elif flops_of(node):
                 flop_nodes.append(node)
             elif node.op in ("call_module", "call_function", "call_method"):
                 memory_nodes.append(node)
@@ -157,12 +172,12 @@ class LatencyModel:
     def _spread_rest(self, ga: GraphAnalysis, flop_nodes: list[fx.Node], memory_nodes: list[fx.Node],
                      gm: fx.GraphModule) -> None:
         rest = max(0.0, self.dense_measured_ms - sum(t(None) for t in self.tables))
-        table_flops = sum(int(n.meta.get(META_FLOPS, 0) or 0) for n in gm.graph.nodes) - sum(
-            int(n.meta.get(META_FLOPS, 0) or 0) for n in flop_nodes)
+        table_flops = sum(flops_of(n) for n in gm.graph.nodes) - sum(
+            flops_of(n) for n in flop_nodes)
         table_ms = sum(t(None) for t in self.tables)
         per_flop = table_ms / table_flops if table_flops and table_ms else None
         for node in flop_nodes:
-            flops = int(node.meta[META_FLOPS])
+            flops = flops_of(node)
             ms = min(rest, flops * per_flop) if per_flop else rest * flops / max(1, _total_flops(flop_nodes))
             self.scaled.append((ms, _output_dims(ga, node)))
         rest -= sum(ms for ms, _ in self.scaled)
@@ -183,7 +198,7 @@ def _op_shape(node: fx.Node, modules: dict[str, nn.Module]) -> OpShape | None:
         return None
     module = modules.get(node.target)
     make = OP_SHAPES.get(type(module))
-    shape = node.args[0].meta.get(META_SHAPE)
+    shape = shape_of(node.args[0])
     return make(module, tuple(shape)) if make and isinstance(shape, tuple) else None
 
 
@@ -198,12 +213,12 @@ def _output_dims(ga: GraphAnalysis, node: fx.Node) -> list[np.ndarray]:
 
 
 def _numel(node: fx.Node) -> int:
-    shape = node.meta.get(META_SHAPE)
+    shape = shape_of(node)
     return int(np.prod(shape)) if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape) else 0
 
 
 def _total_flops(nodes: list[fx.Node]) -> int:
-    return sum(int(n.meta.get(META_FLOPS, 0) or 0) for n in nodes)
+    return sum(flops_of(n) for n in nodes)
 
 
 def _fraction(ctx: Survivors | None, arrs: list[np.ndarray]) -> float:

@@ -8,7 +8,7 @@ with the dims its own work iterates over. Parameters scale with the kept fractio
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,8 @@ from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.cost.terms import split_terms
 from fxprune.tracing.flops import FlopCounter
 from fxprune.analysis.keep import Survivors
-from fxprune.tracing.tracer import META_FLOPS, as_input_tuple
+from fxprune.tracing.tracer import as_input_tuple
+from fxprune.tracing.meta import flops_of
 
 
 @dataclass
@@ -35,10 +36,14 @@ class CostModel:
     flop_nodes: list[str] = field(default_factory=list)  # the node of each flop term
     param_names: list[str] = field(default_factory=list)  # the parameter of each param term
     fixed_names: list[tuple[str, int]] = field(default_factory=list)  # unlabelled parameters and their sizes
+    ga: GraphAnalysis | None = None  # the analysis it was built from (what `ratio` evaluates a Keep against)
 
     @classmethod
-    def build(cls, gm: fx.GraphModule, ga: GraphAnalysis) -> CostModel:
-        model = cls()
+    def build(cls, gm: fx.GraphModule | GraphAnalysis, ga: GraphAnalysis | None = None) -> CostModel:
+        """The cost model of an analysed graph: `build(ga)` (or `build(gm, ga)` for a copy of `ga.gm`)."""
+        if ga is None:
+            gm, ga = gm.gm, gm
+        model = cls(ga=ga)
         a = ga.analysis
         sites: dict[str, list[np.ndarray]] = {}
         nodes = {n.name: n for n in gm.graph.nodes}
@@ -48,7 +53,7 @@ class CostModel:
             if lab and lab.get(s.dim) is not None:
                 sites.setdefault(s.node, []).append(lab.get(s.dim))
         for node in gm.graph.nodes:
-            flops = int(node.meta.get(META_FLOPS, 0) or 0)
+            flops = flops_of(node)
             if flops:
                 terms = split_terms(a, gm, node, flops) or [(flops, _iteration_dims(a, node, sites))]
                 model.flop_terms.extend(terms)
@@ -70,7 +75,20 @@ class CostModel:
         fixed = [(n, size) for n, size in self.fixed_names if n not in params]
         return CostModel([self.flop_terms[i] for i in keep_f], [self.param_terms[i] for i in keep_p],
                          sum(size for _, size in fixed), self.latency_model, [self.flop_nodes[i] for i in keep_f],
-                         [self.param_names[i] for i in keep_p], fixed)
+                         [self.param_names[i] for i in keep_p], fixed, self.ga)
+
+    def ratio(self, keep: Mapping[int, list[int]], kind: str = "flops") -> float:
+        """The fraction of the dense model's `kind` ("flops", "params", "latency") that `keep` retains."""
+        if self.ga is None:
+            raise ValueError("this cost model was not built from a GraphAnalysis; use CostModel.build(ga).")
+        measure = self.measure(kind)
+        return measure(Survivors(self.ga, keep)) / max(measure(None), 1e-12)
+
+    def flops_ratio(self, keep: Mapping[int, list[int]]) -> float:
+        return self.ratio(keep, "flops")
+
+    def params_ratio(self, keep: Mapping[int, list[int]]) -> float:
+        return self.ratio(keep, "params")
 
     def flops(self, ctx: Survivors | None) -> float:
         return sum(f * _fraction(ctx, arrs) for f, arrs in self.flop_terms)

@@ -19,17 +19,20 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.analysis.rules.common import arg
-from fxprune.tracing.tracer import META_SHAPE
+from fxprune.registry import Registry, qualified_name
+from fxprune.tracing.meta import shape_of
 
 Term = tuple[float, list[np.ndarray]]  # dense FLOPs, the arrays whose kept fractions scale them
 Splitter = Callable[[Any, fx.Node, nn.Module | None], list[Term] | None]  # (analysis, node, module) -> terms
 
-SPLITTERS: dict[Any, Splitter] = {}  # a module class or a function -> its splitter
+SPLITTERS: Registry[Any, Splitter] = Registry("FLOP splitters", describe=qualified_name)  # module class / function
 
 
-def register_splitter(key: Any) -> Callable[[Splitter], Splitter]:
+def register_splitter(key: Any, *, override: bool = False) -> Callable[[Splitter], Splitter]:
+    """Register a splitter for a fused op (a module class or a function): `fn(analysis, node, module)` returns
+    the node's FLOPs as terms, each scaled by the kept fraction of its own label arrays."""
     def deco(fn: Splitter) -> Splitter:
-        SPLITTERS[key] = fn
+        SPLITTERS.register(key, fn, override=override)
         return fn
     return deco
 
@@ -47,7 +50,7 @@ def split_terms(a, gm: fx.GraphModule, node: fx.Node, flops: int) -> list[Term] 
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
-    s = node.meta.get(META_SHAPE) if isinstance(node, fx.Node) else None
+    s = shape_of(node) if isinstance(node, fx.Node) else None
     s = s[0] if isinstance(s, list) and s else s
     return tuple(s) if s is not None else None
 

@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.errors import TraceError
-from fxprune.tracing.tracer import META_SHAPE, as_input_tuple
+from fxprune.tracing.meta import SHAPE
+from fxprune.tracing.tracer import as_input_tuple
 
 __all__ = ["fold_batchnorm"]
 
@@ -142,7 +143,7 @@ class _ShapeLookup:
 
 
 def _recorded_shape(meta: dict[str, Any]) -> tuple[int, ...] | None:
-    shape = meta.get(META_SHAPE)
+    shape = meta.get(SHAPE)
     if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape):
         return shape
     tensor_meta = meta.get("tensor_meta")

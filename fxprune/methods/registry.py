@@ -4,13 +4,17 @@ A backend turns an analysed graph into per-channel scores (higher = keep). Backe
 (`needs_data`); a backend may also `prepare` the model before scoring (network slimming's sparsity
 training) and choose the default selection scope ("global": one threshold over all groups; "local": every
 group keeps the same fraction). A `search` backend (learned methods that decide widths or channels
-themselves) returns the kept channels directly instead of going through `select`.
+themselves) returns a `SearchResult` (the kept channels, its log and timings) instead of going through
+`select`; it needs no scorer (`register_search`). Every backend has a config dataclass
+(`fxprune.methods.config.MethodConfig`) whose fields are its options: `method_config` checks the options
+given to `fxprune.prune` against it before any work is done.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch.fx as fx
@@ -18,6 +22,12 @@ import torch.fx as fx
 from fxprune.analysis.keep import Keep
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.errors import UnknownMethodError
+from fxprune.methods.config import MethodConfig
+from fxprune.methods.result import SearchResult
+
+if TYPE_CHECKING:
+    from fxprune.cost.model import CostModel
+    from fxprune.selection.select import Budget
 
 SCOPES = ("global", "local")
 
@@ -26,9 +36,10 @@ SCOPES = ("global", "local")
 class ScoreInput:
     """What a scoring backend gets: the traced module, its analysis, the example inputs and options.
 
-    `data` is the user's training data (an iterable of (inputs, targets) batches) or None; `keep` is the
-    current decision in iterative pruning ({group id: kept channels}; empty before the first step);
-    `step` counts the prune steps from 0.
+    `config` is the method's config dataclass built from the options (read options from it: `inp.config.seed`);
+    `options` is the raw dict the user passed, kept as it was given. `data` is the user's training data (an
+    iterable of (inputs, targets) batches) or None; `keep` is the current decision in iterative pruning
+    ({group id: kept channels}; empty before the first step); `step` counts the prune steps from 0.
     """
 
     gm: fx.GraphModule
@@ -39,49 +50,124 @@ class ScoreInput:
     keep: Keep = field(default_factory=dict)
     step: int = 0
     round_to: int = 1  # kept counts are multiples of it (search backends honour it like `select` does)
-    skipped_blocks: list[list[str]] = field(default_factory=list)  # a depth search's removed [add, shortcut]
+    config: Any = None  # the method's MethodConfig (built from `options` when a backend is called without one)
 
 
 Scorer = Callable[[ScoreInput], dict[int, np.ndarray]]
 Preparer = Callable[[ScoreInput], None]
-# A searching backend decides the kept channels itself: (input, budget, cost model, ignored group ids) ->
-# {group id: kept channel indices}; fxprune still repairs the decision and checks the budget.
-Searcher = Callable[[ScoreInput, Any, Any, set], Keep]
+
+
+class Searcher(Protocol):
+    """A searching backend decides the kept channels itself; fxprune still repairs the decision and checks the
+    budget. (A plain {group id: kept channels} dict is accepted as a result with an empty log.)"""
+
+    def __call__(self, inp: ScoreInput, budget: Budget, cost: CostModel, ignored: set[int], /) -> SearchResult:
+        ...
 
 
 @dataclass(frozen=True)
 class MethodBackend:
+    """A registered method: its scorer and / or searcher, its config class and how `prune` runs it."""
+
     name: str
-    score: Scorer
+    score: Scorer | None
     summary: str
     needs_data: bool = False
     scope: str = "global"
     prepare: Preparer | None = None
     search: Searcher | None = None
+    config: type[MethodConfig] = MethodConfig
 
 
 _METHODS: dict[str, MethodBackend] = {}
 
 
 def register_method(name: str, summary: str, *, needs_data: bool = False, scope: str = "global",
-                    prepare: Preparer | None = None, search: Searcher | None = None) -> Callable[[Scorer], Scorer]:
+                    prepare: Preparer | None = None, search: Searcher | None = None,
+                    config: type[MethodConfig] = MethodConfig) -> Callable[[Scorer], Scorer]:
     """Register a scoring function under `name` (see docs/extending.md for a worked example).
 
+    `config` is the method's options dataclass (a `MethodConfig` subclass; the default takes no options); the
+    backend reads them as `inp.config.<field>`. With `search=` the method is registered at once (no scorer
+    needed; decorating a scorer as well adds it).
+
     >>> import numpy as np
-    >>> @register_method("first", "keeps the lowest channel indices (example)", scope="local")
+    >>> from dataclasses import dataclass
+    >>> from fxprune.methods.config import MethodConfig
+    >>> @dataclass
+    ... class FirstConfig(MethodConfig):
+    ...     first_reverse: bool = False
+    >>> @register_method("first", "keeps the lowest channel indices (example)", scope="local", config=FirstConfig)
     ... def first(inp):
-    ...     return {g.id: -np.arange(g.size, dtype=float) for g in inp.ga.groups}
-    >>> get_method("first").scope
-    'local'
+    ...     sign = 1.0 if inp.config.first_reverse else -1.0
+    ...     return {g.id: sign * np.arange(g.size, dtype=float) for g in inp.ga.groups}
+    >>> get_method("first").scope, method_config("first", {"first_reverse": True})
+    ('local', FirstConfig(first_reverse=True))
     >>> _ = _METHODS.pop("first")
     """
     if scope not in SCOPES:
         raise ValueError(f"register_method({name!r}): scope must be one of {SCOPES}, got {scope!r}.")
+    if not (isinstance(config, type) and issubclass(config, MethodConfig)):
+        raise TypeError(f"register_method({name!r}): config must be a MethodConfig dataclass, got {config!r}.")
+
+    def add(fn: Scorer | None) -> None:
+        _METHODS[name] = MethodBackend(name, _configured(fn, name, config), summary, needs_data, scope,
+                                       _configured(prepare, name, config), _configured(search, name, config), config)
+
+    if search is not None:
+        add(None)
 
     def deco(fn: Scorer) -> Scorer:
-        _METHODS[name] = MethodBackend(name, fn, summary, needs_data, scope, prepare, search)
+        add(fn)
         return fn
     return deco
+
+
+def register_search(name: str, summary: str, *, needs_data: bool = False,
+                    config: type[MethodConfig] = MethodConfig) -> Callable[[Searcher], Searcher]:
+    """Register a searching method (no scorer): the decorated function returns a `SearchResult`.
+
+    >>> from fxprune.methods.result import SearchResult
+    >>> @register_search("halves", "keeps the first half of every prunable group (example)")
+    ... def halves(inp, budget, cost, ignored):
+    ...     return SearchResult({g.id: list(range(g.size // 2)) for g in inp.ga.groups
+    ...                          if g.prunable and not g.frozen and g.id not in ignored}, log={"note": "halves"})
+    >>> get_method("halves").score is None, "halves" in list_methods()
+    (True, True)
+    >>> _ = _METHODS.pop("halves")
+    """
+    def deco(fn: Searcher) -> Searcher:
+        register_method(name, summary, needs_data=needs_data, search=fn, config=config)
+        return fn
+    return deco
+
+
+def _configured(fn: Callable | None, name: str, config: type[MethodConfig]) -> Callable | None:
+    """`fn` called with `inp.config` set: an `inp` built without one (or with another method's) gets
+    `config.from_options(inp.options)`."""
+    if fn is None:
+        return None
+
+    @functools.wraps(fn)
+    def call(inp: ScoreInput, *args: Any) -> Any:
+        if not isinstance(inp.config, config):
+            inp.config = config.from_options(inp.options, method=name)
+        return fn(inp, *args)
+    return call
+
+
+def method_config(name: str, options: Mapping[str, Any] | None = None) -> MethodConfig:
+    """The config of method `name` for the keyword options given to `fxprune.prune`; an unknown key is a
+    `MethodOptionError` naming the closest valid one.
+
+    >>> method_config("random", {"seed": 3})
+    RandomConfig(seed=3)
+    >>> method_config("random", {"sed": 3})
+    Traceback (most recent call last):
+    ...
+    fxprune.errors.MethodOptionError: method 'random' has no option 'sed' (did you mean 'seed'?). Its options: seed.
+    """
+    return get_method(name).config.from_options(options, method=name)
 
 
 def get_method(name: str) -> MethodBackend:

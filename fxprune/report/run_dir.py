@@ -29,8 +29,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-import fxprune
+from fxprune.api import apply_plan
+from fxprune.deploy.export import export
 from fxprune.errors import RunDirError
+from fxprune.stages import __version__
+from fxprune.types import PruningPlan
 
 RUN_FORMAT = 1
 FILES = {"plan": "plan.json", "report": "report.txt", "report_json": "report.json", "weights": "slim.safetensors",
@@ -64,10 +67,10 @@ def save_run(result: Any, example_inputs: Any, out_dir: str | Path, *, model_spe
     history = [h.to_dict() for h in getattr(result, "history", None) or []]
     _write_json(paths["run"], {**_input_fields(inputs), "model": model_spec, "history": history,
                                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "fxprune": fxprune.__version__, "command": command, "format": RUN_FORMAT})
+                               "fxprune": __version__, "command": command, "format": RUN_FORMAT})
     for name in exports:
         paths[name] = out / EXPORT_FILES[name]
-        fxprune.export(model, inputs[0] if len(inputs) == 1 else inputs, paths[name])
+        export(model, inputs[0] if len(inputs) == 1 else inputs, paths[name])
     return paths
 
 
@@ -80,7 +83,7 @@ def load(run_dir: str | Path, model: nn.Module, example_inputs: Any = None) -> f
     """
     run_dir = check_run_dir(run_dir, "plan", "weights")
     inputs = run_inputs(run_dir) if example_inputs is None else example_inputs
-    slim = fxprune.apply_plan(model, inputs, fxprune.PruningPlan.load(run_dir / FILES["plan"]))
+    slim = apply_plan(model, inputs, PruningPlan.load(run_dir / FILES["plan"]))
     state = _read_weights(run_dir / FILES["weights"])
     _check_state(slim, state, run_dir / FILES["weights"])
     slim.load_state_dict(state, strict=True)
@@ -177,7 +180,7 @@ def _save_weights(model: nn.Module, path: Path) -> None:
         ptr = t.untyped_storage().data_ptr()
         tensors[name] = t.clone() if ptr in seen or t.numel() * t.element_size() < t.untyped_storage().nbytes() else t
         seen.add(ptr)
-    save_file(tensors, str(path), metadata={"format": "fxprune-slim", "fxprune": fxprune.__version__})
+    save_file(tensors, str(path), metadata={"format": "fxprune-slim", "fxprune": __version__})
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

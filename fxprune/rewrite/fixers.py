@@ -8,23 +8,33 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.analysis.keep import Survivors
+from fxprune.registry import Registry, qualified_name
 
 Fixer = Callable[[Survivors, fx.Node, nn.Module], None]
-_FIXERS: dict[type, Fixer] = {}
+FIXERS: Registry[type, Fixer] = Registry("module fixers", describe=qualified_name)
 
 
-def register_fixer(*types: type) -> Callable[[Fixer], Fixer]:
+def register_fixer(*types: type, override: bool = False) -> Callable[[Fixer], Fixer]:
+    """Register `fix(ctx, node, module)` for module classes (and their subclasses): after the rewriter sliced
+    a module's parameters, `fix` brings its attributes in line (`ctx.alive_count(arr)` counts the kept
+    positions of a label array). See docs/extending.md, "A custom module".
+
+    >>> from torch import nn
+    >>> fixer_for(nn.Conv2d(3, 8, 3)).__name__
+    '_fix_conv'
+    """
     def deco(fn: Fixer) -> Fixer:
         for t in types:
-            _FIXERS[t] = fn
+            FIXERS.register(t, fn, override=override)
         return fn
     return deco
 
 
 def fixer_for(module: nn.Module) -> Fixer | None:
+    """The fixer registered for the module's class or its nearest registered base class."""
     for cls in type(module).__mro__:
-        if cls in _FIXERS:
-            return _FIXERS[cls]
+        if cls in FIXERS:
+            return FIXERS[cls]
     return None
 
 

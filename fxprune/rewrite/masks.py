@@ -11,12 +11,14 @@ import torch
 import torch.fx as fx
 
 from fxprune.analysis.analyse import GraphAnalysis
+from fxprune.analysis.context import NodeFacts
+from fxprune.tracing.meta import MASKED_ORIGINAL
 from fxprune.analysis.rules.masked import apply_mask
 from fxprune.analysis.registry import rule_for_node
 from fxprune.analysis.keep import Keep, Survivors
 
 MASK_PREFIX = "fxprune_mask_"
-ORIGINAL = "fxprune_original"
+ORIGINAL = MASKED_ORIGINAL
 
 
 def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: Keep,
@@ -49,8 +51,7 @@ def insert_masks(gm: fx.GraphModule, ga: GraphAnalysis, keep: Keep,
             mask_node = make_mask()
             if variant is not None:
                 replaced.add(node.name)
-                node.meta["fxprune_mask_dim"] = dim  # the masked variant's reduced dim (batch_norm stats)
-                _replace_with_masked(gm, node, variant, modules, mask_node, make_mask)
+                _replace_with_masked(gm, node, variant, modules, mask_node, make_mask, dim, ctx.extra(node))
             else:
                 masked = gm.graph.call_function(apply_mask, (site.source(node), mask_node, dim))
                 _replace_arg(node, site.arg, masked)
@@ -94,9 +95,10 @@ def _replace_arg(node: fx.Node, index: int | str, new: fx.Node) -> None:
     node.args = tuple(args)
 
 
-def _replace_with_masked(gm: fx.GraphModule, node: fx.Node, rule, modules, mask_node: fx.Node, make_mask) -> None:
+def _replace_with_masked(gm: fx.GraphModule, node: fx.Node, rule, modules, mask_node: fx.Node, make_mask,
+                         dim: int, facts: NodeFacts) -> None:
     module = modules.get(node.target) if node.op == "call_module" else None
-    new = rule.masked(gm.graph, node, module, mask_node, make_mask)
+    new = rule.masked(gm.graph, node, module, mask_node, make_mask, dim=dim, facts=facts)  # dim: the reduced one
     names = fx.node.map_arg((node.args, node.kwargs), lambda n: _NodeRef(n.name))
     new.meta[ORIGINAL] = (node.op, node.target, names[0], names[1])
     new.meta.update({k: v for k, v in node.meta.items() if k.startswith("fxprune_") and k != ORIGINAL})

@@ -74,10 +74,12 @@ def _keep_n(ga: GraphAnalysis, gid: int, scores: np.ndarray, n: int, round_to: i
 
 
 def prunable_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
+    """Ids of the groups a decision may shrink: not wholly frozen, not ignored."""
     return [g.id for g in ga.groups if g.prunable and g.id not in ignore]
 
 
-def _channel_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
+def channel_groups(ga: GraphAnalysis, ignore: set[int]) -> list[int]:
+    """The prunable groups of channels (not of conv groups / heads): what width searches search over."""
     return [gid for gid in prunable_groups(ga, ignore) if ga.groups[gid].kind != "blocks"]
 
 
@@ -86,7 +88,7 @@ def select_ratio(ga: GraphAnalysis, scores: dict[int, np.ndarray], ratio: float,
     """Every channel group loses the fraction `ratio`. Block groups (conv groups, norm groups, heads) are
     kept: a channel inside a block already loses `ratio` through its within-block group, and pruning both
     factors would remove the fraction ratio twice."""
-    sizes = {gid: ga.groups[gid].size for gid in _channel_groups(ga, ignore)}
+    sizes = {gid: ga.groups[gid].size for gid in channel_groups(ga, ignore)}
     return {gid: _keep_n(ga, gid, scores[gid], size - int(np.floor(ratio * size + 0.5)), round_to, removed)
             for gid, size in sizes.items()}
 
@@ -203,7 +205,7 @@ def select(ga: GraphAnalysis, scores: dict[int, np.ndarray], budget: Budget, cos
     else:
         chooser = select_global if scope == "global" else select_local
         keep = chooser(ga, scores, cost, budget.kind, budget.value, round_to, ignore, removed)
-    keep = repair(ga, keep, scores)
+    keep = Keep(repair(ga, keep, scores))
     if budget.kind != "ratio":
         _warn_if_over(ga, keep, budget, cost, round_to)
     return keep

@@ -20,7 +20,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-META_VALUE = "fxprune_trace_meta"  # node.meta: the node's value on meta tensors, recorded while tracing
+from fxprune.tracing import meta
+
+META_VALUE = meta.TRACE_VALUE
 
 
 def _meta_of(x: Any) -> Any:

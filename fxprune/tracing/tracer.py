@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -19,11 +19,11 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.errors import TraceError
+from fxprune.registry import Registry, qualified_name
+from fxprune.tracing import meta
 from fxprune.tracing.flops import FlopCounter
 from fxprune.tracing.specialise import SpecialisingTracerMixin, on_meta
 
-META_SHAPE = "fxprune_shape"  # tuple[int, ...] for tensor outputs, list of them for tuple outputs
-META_FLOPS = "fxprune_flops"
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -42,9 +42,13 @@ def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(items)
 
 
-META_AUTO_LEAVES = "fxprune_auto_leaves"  # gm.meta: {qualname: why torch.fx could not trace it}
-META_SPECIALISED = "fxprune_specialised"  # gm.meta: {qualname: why it is traced with concrete shapes}
 MAX_FALLBACKS = 64
+
+HasRule = Callable[[Any], bool]  # a module class or function -> does the analysis have a rule for exactly it
+
+
+def _no_rules(key: Any) -> bool:
+    return False
 
 
 def _one_line(exc: BaseException) -> str:
@@ -64,8 +68,9 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
 
     def __init__(self, leaf_modules: Sequence[type] = (), leaf_names: frozenset[str] = frozenset(),
                  specialise: frozenset[str] = frozenset(), example_inputs: tuple[torch.Tensor, ...] = (),
-                 example_kwargs: dict[str, Any] | None = None) -> None:
-        ruled_modules, ruled_functions = _timm_notrace(with_rules=True)
+                 example_kwargs: dict[str, Any] | None = None, has_rule: HasRule = _no_rules) -> None:
+        self.has_rule = has_rule
+        ruled_modules, ruled_functions = _timm_notrace(True, has_rule)
         super().__init__(autowrap_functions=tuple(ruled_functions))
         self.leaf_types = tuple(leaf_modules) + tuple(ruled_modules)
         self.leaf_names = leaf_names
@@ -75,7 +80,7 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
     def trace(self, root, concrete_args=None):  # noqa: ANN001 -- fx.Tracer's signature
         if isinstance(root, nn.Module) and self.specialise:  # same class, same code: specialise them all
             self.specialise_types = {type(root.get_submodule(p)) for p in self.specialise}
-        with _timm_wraps_without_rules_lifted():
+        with _timm_wraps_without_rules_lifted(self.has_rule):
             return super().trace(root, concrete_args)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
@@ -128,23 +133,22 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
         return out
 
 
-def _timm_notrace(with_rules: bool) -> tuple[list[type], list[Any]]:
+def _timm_notrace(with_rules: bool, has_rule: HasRule) -> tuple[list[type], list[Any]]:
     """timm's notrace modules and functions that do (`with_rules=True`) or do not have an fxprune rule
-    registered for exactly them. (Imported lazily: the rule modules import this one.)"""
+    registered for exactly them (`has_rule`: the analysis's answer; tracing does not import the analysis)."""
     try:
         from timm.layers import _fx as timm_fx
     except ImportError:  # timm is optional
         return [], []
-    from fxprune.analysis.registry import has_exact_rule
 
     def pick(items: Any) -> list[Any]:
-        return [x for x in items if has_exact_rule(x) == with_rules]
+        return [x for x in items if has_rule(x) == with_rules]
 
     return pick(getattr(timm_fx, "_leaf_modules", ())), pick(getattr(timm_fx, "_autowrap_functions", ()))
 
 
 @contextlib.contextmanager
-def _timm_wraps_without_rules_lifted() -> Iterator[None]:
+def _timm_wraps_without_rules_lifted(has_rule: HasRule) -> Iterator[None]:
     """timm marks some functions with `torch.fx.wrap` (always one opaque call_function node). For those
     fxprune has no rule for, trace through them instead: an opaque node would freeze every channel it
     touches. (Shape-dependent code inside them is handled by the specialising fallback.)"""
@@ -153,7 +157,7 @@ def _timm_wraps_without_rules_lifted() -> Iterator[None]:
     table = getattr(st, "_wrapped_fns_to_patch", None)
     lifted = {}
     if isinstance(table, dict):
-        unruled = {getattr(f, "__name__", None): f for f in _timm_notrace(with_rules=False)[1]}
+        unruled = {getattr(f, "__name__", None): f for f in _timm_notrace(False, has_rule)[1]}
         for key, frame_globals in list(table.items()):
             fn = unruled.get(key[1])
             if fn is not None and frame_globals.get(key[1]) is fn:
@@ -166,7 +170,8 @@ def _timm_wraps_without_rules_lifted() -> Iterator[None]:
 
 
 def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type] = (),
-          example_kwargs: dict[str, Any] | None = None, copy_model: bool = True) -> fx.GraphModule:
+          example_kwargs: dict[str, Any] | None = None, copy_model: bool = True,
+          has_rule: HasRule = _no_rules) -> fx.GraphModule:
     """Trace `model` into a GraphModule annotated with shapes and FLOPs.
 
     The model is deep-copied first (unless `copy_model=False`, which still copies the module objects but
@@ -175,7 +180,9 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     retried with that innermost submodule traced on concrete shapes (fxprune.tracing.specialise; listed in
     `gm.meta["fxprune_specialised"]`); if it still fails there, it becomes an opaque leaf (listed with the
     reason in `gm.meta["fxprune_auto_leaves"]`) whose entering and leaving channels the analysis keeps.
-    A failure outside every submodule raises TraceError.
+    A failure outside every submodule raises TraceError. `has_rule(cls_or_fn)` says whether the analysis has
+    a channel rule for exactly that class or function (`fxprune.trace` passes the analysis's answer): timm's
+    not-traceable parts with a rule stay single nodes, the others are traced through.
 
     >>> import torch, torchvision, fxprune
     >>> gm = fxprune.trace(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64))
@@ -190,7 +197,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     special: dict[str, str] = {}  # submodule -> why it is traced with concrete shapes
     while True:
         root = copy.deepcopy(model) if copy_model else _structural_copy(model)
-        tracer = LeafTracer(leaf_modules, frozenset(auto), frozenset(special), inputs, kwargs)
+        tracer = LeafTracer(leaf_modules, frozenset(auto), frozenset(special), inputs, kwargs, has_rule)
         try:
             graph = tracer.trace(root, concrete_args=_unused_defaults(model, len(inputs), kwargs))
             break
@@ -201,8 +208,8 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
                 raise _trace_error(model, tracer, exc) from exc
             (auto if inside and where else special)[where] = _one_line(exc)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta[META_AUTO_LEAVES] = auto
-    gm.meta[META_SPECIALISED] = {k: v for k, v in special.items() if k not in auto}
+    gm.meta[meta.AUTO_LEAVES] = auto
+    gm.meta[meta.SPECIALISED] = {k: v for k, v in special.items() if k not in auto}
     propagate_shapes(gm, inputs, kwargs)
     return gm
 
@@ -249,18 +256,25 @@ def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceE
         f"forward traceable.")
 
 
-# Modules / functions that the FLOP counter never charges (it counts matmuls, convs and attention only);
-# running them outside the counter skips its slow decompositions (e.g. batch_norm on meta tensors).
-_NO_FLOP_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU,
-                    nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Dropout, nn.Identity, nn.MaxPool2d,
-                    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)
-_NO_FLOP_FUNCTIONS = {torch.nn.functional.batch_norm, torch.nn.functional.layer_norm,
-                      torch.nn.functional.group_norm}
+NO_FLOPS = "no_flops"  # the FLOP counter never charges it: run it outside the counter (skips slow decompositions)
+SAME_SHAPE = "same_shape"  # output has the input's shape and dtype, no FLOPs: on meta tensors it need not run
+SHAPE_SHORTCUTS: Registry[Any, str] = Registry("shape-pass shortcuts", describe=qualified_name)
 
 
-# Modules whose output has their input's shape and dtype: on meta tensors they need not run at all.
-_SAME_SHAPE_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU,
-                       nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Dropout, nn.Identity)
+def register_shape_shortcut(*keys: Any, kind: str, override: bool = False) -> None:
+    """Declare module classes (and subclasses) or functions the shape pass may shortcut: `NO_FLOPS` ones run
+    outside the FLOP counter (it counts matmuls, convs and attention only), `SAME_SHAPE` modules do not run on
+    meta tensors at all."""
+    if kind not in (NO_FLOPS, SAME_SHAPE):
+        raise ValueError(f"register_shape_shortcut: kind must be {NO_FLOPS!r} or {SAME_SHAPE!r}, got {kind!r}.")
+    for key in keys:
+        SHAPE_SHORTCUTS.register(key, kind, override=override)
+
+
+register_shape_shortcut(nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.GELU,
+                        nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Dropout, nn.Identity, kind=SAME_SHAPE)
+register_shape_shortcut(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, torch.nn.functional.batch_norm,
+                        torch.nn.functional.layer_norm, torch.nn.functional.group_norm, kind=NO_FLOPS)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -268,17 +282,21 @@ class _ShapeRecorder(fx.Interpreter):
         super().__init__(gm)
         self.counter = counter
         self.modules = dict(gm.named_modules())
+        types = [(k, v) for k, v in SHAPE_SHORTCUTS.items() if isinstance(k, type)]
+        self.no_flop_types = tuple(k for k, _ in types)
+        self.same_shape_types = tuple(k for k, v in types if v == SAME_SHAPE)
+        self.no_flop_functions = {k for k in SHAPE_SHORTCUTS.keys() if not isinstance(k, type)}
 
     def _may_have_flops(self, n: fx.Node) -> bool:
         if n.op == "call_module":
-            return not isinstance(self.modules[n.target], _NO_FLOP_MODULES)
+            return not isinstance(self.modules[n.target], self.no_flop_types)
         if n.op == "call_function":
-            return n.target not in _NO_FLOP_FUNCTIONS
+            return n.target not in self.no_flop_functions
         return n.op == "call_method"
 
     def _same_shape_input(self, n: fx.Node) -> torch.Tensor | None:
         if n.op == "call_module" and len(n.args) == 1 and not n.kwargs and isinstance(
-                self.modules[n.target], _SAME_SHAPE_MODULES):
+                self.modules[n.target], self.same_shape_types):
             x = self.env.get(n.args[0]) if isinstance(n.args[0], fx.Node) else None
             if isinstance(x, torch.Tensor) and x.device.type == "meta":
                 return x
@@ -287,21 +305,21 @@ class _ShapeRecorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         shortcut = self._same_shape_input(n)
         if shortcut is not None:
-            n.meta.update({META_FLOPS: 0, META_SHAPE: _shape_of(shortcut), "fxprune_dtype": shortcut.dtype})
+            meta.record(n, _shape_of(shortcut), 0, shortcut.dtype)
             return shortcut
         if not self._may_have_flops(n):
-            n.meta[META_FLOPS] = 0
             with _suspended(self.counter):
                 out = super().run_node(n)
-            n.meta[META_SHAPE] = _shape_of(out)
-            n.meta["fxprune_dtype"] = out.dtype if isinstance(out, torch.Tensor) else None
+            meta.record(n, _shape_of(out), 0, _dtype(out))
             return out
         before = self.counter.get_total_flops()
         out = super().run_node(n)
-        n.meta[META_FLOPS] = self.counter.get_total_flops() - before
-        n.meta[META_SHAPE] = _shape_of(out)
-        n.meta["fxprune_dtype"] = out.dtype if isinstance(out, torch.Tensor) else None
+        meta.record(n, _shape_of(out), self.counter.get_total_flops() - before, _dtype(out))
         return out
+
+
+def _dtype(value: Any) -> torch.dtype | None:
+    return value.dtype if isinstance(value, torch.Tensor) else None
 
 
 class _suspended:
@@ -327,8 +345,6 @@ def _shape_of(value: Any) -> Any:
         return [_shape_of(v) for v in value]
     if isinstance(value, dict):
         return {k: _shape_of(v) for k, v in value.items()}
-    if isinstance(value, torch.Size):
-        return None
     return None
 
 

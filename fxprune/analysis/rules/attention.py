@@ -13,10 +13,11 @@ from torch import nn
 
 from fxprune import nn as fxnn
 from fxprune.analysis.rules.common import arg
-from fxprune.analysis.context import Analysis
+from fxprune.analysis.context import Analysis, NodeFacts
 from fxprune.analysis.labels import Labels
 from fxprune.analysis.rules.masked import apply_mask
 from fxprune.analysis.registry import register_rule
+from fxprune.tracing.meta import shape_of
 
 
 # --- nn.MultiheadAttention --------------------------------------------------------------------------
@@ -32,7 +33,7 @@ def _mha_blocks(a: Analysis, path: str, heads: int, head_dim: int) -> tuple[np.n
 def mha_rule(a: Analysis, node: fx.Node) -> list[Labels | None]:
     m: nn.MultiheadAttention = a.module(node)
     path = node.target
-    out_shape = tuple(node.meta["fxprune_shape"][0])
+    out_shape = tuple(shape_of(node)[0])
     if not m._qkv_same_embed_dim:
         for x in node.args[:3]:
             a.freeze(a.labels(x), node, "MultiheadAttention with separate k/v dims is kept whole")
@@ -65,10 +66,10 @@ def mha_rule(a: Analysis, node: fx.Node) -> list[Labels | None]:
 
 
 def build_masked_mha(graph: fx.Graph, node: fx.Node, m: nn.MultiheadAttention, mask: fx.Node,
-                     make_mask) -> fx.Node:
+                     make_mask, *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Masked model: the original attention, with in-projection rows of removed heads/dims zeroed."""
     p = node.target
-    rows = node.meta.get(ROWS_META)
+    rows = (facts or {}).get("rows")
     rows_mask = make_mask(rows) if rows is not None else None
     w = graph.get_attr(f"{p}.in_proj_weight")
     b = graph.get_attr(f"{p}.in_proj_bias") if m.in_proj_bias is not None else None
@@ -84,13 +85,10 @@ def build_masked_mha(graph: fx.Graph, node: fx.Node, m: nn.MultiheadAttention, m
     return graph.call_function(tuple, ([out, None],))
 
 
-ROWS_META = "fxprune_attention_rows"
-
-
 def _mha_propagate(a: Analysis, node: fx.Node):
     out = mha_rule(a, node)
     if a.module(node)._qkv_same_embed_dim:
-        node.meta[ROWS_META] = a.params[f"{node.target}.in_proj_weight"][0]
+        a.node_extra[node.name]["rows"] = a.params[f"{node.target}.in_proj_weight"][0]
     return out
 
 

@@ -10,6 +10,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from fxprune.analysis.context import NodeFacts
+
 
 @fx.wrap
 def apply_mask(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -105,19 +107,22 @@ def _param(graph: fx.Graph, node: fx.Node, module: torch.nn.Module, name: str) -
 
 
 def build_masked_layer_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
-                                   mask: fx.Node, make_mask=None) -> fx.Node:
+                                   mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Replacement node for `call_module(LayerNorm)` in the masked model."""
     w, b = _param(graph, node, module, "weight"), _param(graph, node, module, "bias")
     return graph.call_function(masked_layer_norm, (node.args[0], mask, w, b, module.eps))
 
 
 def build_masked_group_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
-                                   mask: fx.Node, make_mask=None) -> fx.Node:
+                                   mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     w, b = _param(graph, node, module, "weight"), _param(graph, node, module, "bias")
     return graph.call_function(masked_group_norm, (node.args[0], mask, module.num_groups, w, b, module.eps))
 
 
-def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
+def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Replacement for `F.layer_norm(x, shape, weight, bias, eps)` in the masked model."""
     args = list(node.args) + [None] * (5 - len(node.args))
     w = node.kwargs.get("weight", args[2])
@@ -127,13 +132,15 @@ def build_masked_layer_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mas
 
 
 def build_masked_rms_norm_module(graph: fx.Graph, node: fx.Node, module: torch.nn.Module,
-                                 mask: fx.Node, make_mask=None) -> fx.Node:
+                                 mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Replacement node for `call_module(RMSNorm)` in the masked model."""
     return graph.call_function(masked_rms_norm, (node.args[0], mask, _param(graph, node, module, "weight"),
                                                  module.eps))
 
 
-def build_masked_rms_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
+def build_masked_rms_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Replacement for `F.rms_norm(x, shape, weight, eps)` in the masked model."""
     args = list(node.args) + [None] * (4 - len(node.args))
     w = node.kwargs.get("weight", args[2])
@@ -141,7 +148,8 @@ def build_masked_rms_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask:
     return graph.call_function(masked_rms_norm, (node.args[0], mask, w, eps))
 
 
-def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
+def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     args = list(node.args) + [None] * (5 - len(node.args))
     g = node.kwargs.get("num_groups", args[1])
     w = node.kwargs.get("weight", args[2])
@@ -151,23 +159,24 @@ def build_masked_group_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mas
 
 
 def build_masked_batch_norm_fn(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node,
-                               make_mask=None) -> fx.Node:
+                               make_mask=None, *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Replacement for `F.batch_norm(x, None, None, weight, bias, training=True, ...)` in the masked model."""
     args = list(node.args) + [None] * (8 - len(node.args))
     w = node.kwargs.get("weight", args[3])
     b = node.kwargs.get("bias", args[4])
     eps = node.kwargs.get("eps", args[7] if args[7] is not None else 1e-5)
-    dim = node.meta.get("fxprune_mask_dim", 2)
+    dim = 2 if dim is None else dim
     return graph.call_function(masked_batch_norm, (node.args[0], mask, dim, w, b, eps))
 
 
-def build_masked_mean(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None) -> fx.Node:
+def build_masked_mean(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Node, make_mask=None,
+        *, dim: int | None = None, facts: NodeFacts | None = None) -> fx.Node:
     """Replacement for `torch.mean(x, dim, keepdim)` / `x.mean(dim, keepdim)` in the masked model."""
     args = list(node.args) + [None] * (3 - len(node.args))
     dims = node.kwargs.get("dim", args[1])
     dims = [dims] if isinstance(dims, int) else (list(dims) if dims is not None else None)
     keepdim = bool(node.kwargs.get("keepdim", args[2] or False))
-    dim = node.meta.get("fxprune_mask_dim", 1)
+    dim = 1 if dim is None else dim
     return graph.call_function(masked_mean, (node.args[0], mask, dim, dims, keepdim))
 
 

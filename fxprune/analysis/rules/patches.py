@@ -11,7 +11,7 @@ from torch import nn
 from fxprune.analysis.context import Analysis
 from fxprune.analysis.labels import Labels
 from fxprune.analysis.registry import register_rule
-from fxprune.tracing.tracer import META_SHAPE
+from fxprune.tracing.meta import shape_of
 
 
 def _kernel_positions(a: Analysis, node: fx.Node, n: int) -> np.ndarray:
@@ -65,4 +65,4 @@ def rnn_rule(a: Analysis, node: fx.Node) -> Any:
     for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
         a.bind_param(f"{node.target}.{name}", 1, lin, "consumer")
     a.consume(node, 0, -1)
-    return _unlabelled(node.meta.get(META_SHAPE))
+    return _unlabelled(shape_of(node))

@@ -19,6 +19,7 @@ from fxprune.analysis.registry import method_key as M
 from fxprune.analysis.registry import register_rule
 from fxprune.analysis.rules.modules import conv_channels
 from fxprune.analysis.rules.tensor import ShapeInfo, rewrite_size_read, shape_item
+from fxprune.tracing.meta import shape_of
 
 
 # --- concatenation ------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ def _joined(a: Analysis, node: fx.Node):
     out_shape = a.shape(node)
     dim = arg(node, 1, "dim", 0) % len(out_shape)
     if isinstance(tensors, fx.Node):  # one traced list, e.g. torch.cat(torch.split(x, 1, 1), 3)
-        values, shapes = a.values.get(tensors.name), tensors.meta.get("fxprune_shape") or []
+        values, shapes = a.values.get(tensors.name), shape_of(tensors) or []
         labs = list(values) if isinstance(values, (list, tuple)) else [None] * len(shapes)
         names = [f"{tensors.name}[{i}]" for i in range(len(shapes))]
         return names, out_shape, dim, [x if isinstance(x, Labels) else None for x in labs], list(shapes)
@@ -82,7 +83,7 @@ def stack_rule(a: Analysis, node: fx.Node) -> Labels | None:
 
 # --- split / chunk / unbind ------------------------------------------------------------------------
 def _piece_sizes(node: fx.Node, a: Analysis) -> list[int]:
-    shapes = node.meta.get("fxprune_shape")
+    shapes = shape_of(node)
     return [s[_split_dim(node, len(shapes[0]))] for s in shapes]
 
 
@@ -92,7 +93,7 @@ def _split_dim(node: fx.Node, ndim: int) -> int:
 
 def rewrite_split(ctx, node: fx.Node) -> None:
     lab = ctx.labels(node.args[0])
-    shapes = node.meta.get("fxprune_shape")
+    shapes = shape_of(node)
     dim = _split_dim(node, len(shapes[0]))
     arr = lab.get(dim) if lab else None
     if arr is None:
@@ -110,7 +111,7 @@ def rewrite_split(ctx, node: fx.Node) -> None:
                rewrite=rewrite_split)
 def split_rule(a: Analysis, node: fx.Node) -> list[Labels] | None:
     lab = a.labels(node.args[0])
-    shapes = node.meta.get("fxprune_shape")
+    shapes = shape_of(node)
     if not isinstance(shapes, list):
         return None
     dim = _split_dim(node, len(shapes[0]))
@@ -130,7 +131,7 @@ def split_rule(a: Analysis, node: fx.Node) -> list[Labels] | None:
 @register_rule(torch.unbind, M("unbind"))
 def unbind_rule(a: Analysis, node: fx.Node) -> list[Labels] | None:
     lab = a.labels(node.args[0])
-    shapes = node.meta.get("fxprune_shape")
+    shapes = shape_of(node)
     dim = arg(node, 1, "dim", 0) % (len(shapes[0]) + 1)
     if lab and lab.get(dim) is not None:
         a.table.freeze_array(lab.get(dim), "unbind selects each position by index")

@@ -19,7 +19,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.tracing.tracer import META_FLOPS, META_SHAPE
+from fxprune.tracing.meta import flops_of, shape_of
 from fxprune.train.losses import logits_of
 
 DEFAULT_HEADS = 3  # losses: 2 auxiliary heads + the final classifier (the official code's ResNet-56 setting)
@@ -46,7 +46,7 @@ def main_path(gm: fx.GraphModule) -> list[fx.Node]:
 
 
 def _feature_shape(n: fx.Node) -> tuple[int, ...] | None:
-    shape = n.meta.get(META_SHAPE)
+    shape = shape_of(n)
     if isinstance(shape, (tuple, torch.Size)) and len(shape) in (3, 4) and all(isinstance(s, int) for s in shape):
         return tuple(shape)
     return None
@@ -57,7 +57,7 @@ def head_points(gm: fx.GraphModule, losses: int = DEFAULT_HEADS) -> list[str]:
     nodes = list(gm.graph.nodes)
     total, cum, at = 0, {}, 0
     for n in nodes:
-        at += int(n.meta.get(META_FLOPS, 0) or 0)
+        at += flops_of(n)
         cum[n.name] = at
     total = max(at, 1)
     on_path = {n.name for n in main_path(gm)}

@@ -9,13 +9,17 @@ ops, the paper's reconstruction; or of the point itself with dcp_reconstruct="po
 The number of channels each group keeps comes from one common kept fraction bisected with the cost model
 so that the whole decision meets the budget (the official code prunes every layer at the same rate).
 `dcp_checkpoint=PATH` saves the search after the head training and after every group, and resumes a saved
-one (fxprune.methods.search.checkpoint); `dcp_search_s` in the plan's method options is the search's wall time.
+one (fxprune.methods.search.checkpoint). The options are the fields of `DcpConfig`; the search's record in the
+plan (`plan.search`): `points` (the auxiliary heads' graph nodes) and `search_s` (its wall time).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,17 +32,50 @@ from fxprune.selection.select import select
 from fxprune.methods.dcp.heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_classes, train_with_heads
 from fxprune.methods.dcp.select import Segment, greedy_group, mask_groups
 from fxprune.methods.calibration import batches, require_data
-from fxprune.methods.registry import ScoreInput, register_method
+from fxprune.errors import MethodOptionError
+from fxprune.methods.config import SearchOptions
+from fxprune.methods.registry import ScoreInput, register_search
+from fxprune.methods.result import SearchResult
 from fxprune.methods.search.dist import search_data
 from fxprune.methods.search.checkpoint import SearchCheckpoint
 
-DEFAULTS = {"dcp_heads": DEFAULT_HEADS, "dcp_head_epochs": 1, "dcp_lambda": 1.0, "dcp_batches": 4,
-            "dcp_steps": 1, "dcp_lr": 0.01, "dcp_chunk": 1, "dcp_adaptive": False, "dcp_epsilon": 1e-3,
-            "dcp_head_norm": True, "dcp_reconstruct": "layer", "dcp_score": "mask", "seed": 0, "progress": True}
+if TYPE_CHECKING:
+    from fxprune.train import TrainConfig
 
 
-def options_of(inp: ScoreInput) -> dict:
-    return {k: type(v)(inp.options.get(k, v)) if v is not None else inp.options.get(k) for k, v in DEFAULTS.items()}
+@dataclass
+class DcpConfig(SearchOptions):
+    """DCP's options (docs/methods/dcp.md), with `seed` and `progress`."""
+
+    dcp_heads: int = DEFAULT_HEADS  # losses: auxiliary heads + the final classifier
+    dcp_head_epochs: int = 1
+    dcp_lambda: float = 1.0
+    dcp_batches: int = 4
+    dcp_steps: int = 1
+    dcp_lr: float = 0.01
+    dcp_chunk: int = 1
+    dcp_adaptive: bool = False
+    dcp_epsilon: float = 1e-3
+    dcp_head_norm: bool = True
+    dcp_reconstruct: str = "layer"
+    dcp_score: str = "mask"
+    dcp_train: TrainConfig | None = None  # the head fine-tune's TrainConfig (epochs: dcp_head_epochs)
+    dcp_checkpoint: str | os.PathLike | None = None
+
+    def validate(self) -> None:
+        if self.dcp_reconstruct not in ("layer", "point"):
+            raise MethodOptionError(f"dcp_reconstruct={self.dcp_reconstruct!r}: use 'layer' (MSE at the pruned "
+                                    f"group's consumer outputs, the paper) or 'point' (MSE at the auxiliary point's "
+                                    f"features).")
+        if self.dcp_score not in ("mask", "weight"):
+            raise MethodOptionError(f"dcp_score={self.dcp_score!r}: use 'mask' (gradient w.r.t. the channel's input "
+                                    f"mask) or 'weight' (Frobenius norm of the gradient w.r.t. the channel's consumer "
+                                    f"weights, the paper).")
+
+
+FINGERPRINT = ("dcp_heads", "dcp_head_epochs", "dcp_lambda", "dcp_batches", "dcp_steps", "dcp_lr", "dcp_chunk",
+               "dcp_adaptive", "dcp_epsilon", "dcp_head_norm", "dcp_reconstruct", "dcp_score", "seed")
+# the options a checkpoint's search depends on
 
 
 def target_counts(inp: ScoreInput, budget, cost, ignored: set[int], removed: dict[int, set[int]]) -> dict[int, int]:
@@ -49,41 +86,34 @@ def target_counts(inp: ScoreInput, budget, cost, ignored: set[int], removed: dic
     return {gid: len(k) for gid, k in keep.items() if len(k) < ga.groups[gid].size}
 
 
-def _train_config(inp: ScoreInput, o: dict):
+def _train_config(o: DcpConfig):
     from fxprune.train import TrainConfig
 
-    base = inp.options.get("dcp_train") or TrainConfig(lr=o["dcp_lr"], schedule="cosine", warmup=0.0,
-                                                       progress=o["progress"])
-    return dataclasses.replace(base, epochs=max(1, o["dcp_head_epochs"]), seed=o["seed"])
+    base = o.dcp_train or TrainConfig(lr=o.dcp_lr, schedule="cosine", warmup=0.0, progress=o.progress)
+    return dataclasses.replace(base, epochs=max(1, o.dcp_head_epochs), seed=o.seed)
 
 
-def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
+def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> SearchResult:
     t0 = time.perf_counter()
     data = require_data(inp, "dcp", "its auxiliary heads are fine-tuned and its channel selection measures "
                                      "gradients on training batches")
-    o = options_of(inp)
-    if o["dcp_reconstruct"] not in ("layer", "point"):
-        raise ValueError(f"dcp_reconstruct={o['dcp_reconstruct']!r}: use 'layer' (MSE at the pruned group's "
-                         f"consumer outputs, the paper) or 'point' (MSE at the auxiliary point's features).")
-    if o["dcp_score"] not in ("mask", "weight"):
-        raise ValueError(f"dcp_score={o['dcp_score']!r}: use 'mask' (gradient w.r.t. the channel's input mask) or "
-                         f"'weight' (Frobenius norm of the gradient w.r.t. the channel's consumer weights, the paper).")
-    torch.manual_seed(o["seed"])
+    o: DcpConfig = inp.config
+    torch.manual_seed(o.seed)
     gm, ga = inp.gm, inp.ga
     removed = removed_channels(ga, inp.keep)  # iterative pruning: what earlier rounds removed stays removed
     counts = target_counts(inp, budget, cost, ignored, removed)
-    points = head_points(gm, o["dcp_heads"])
-    heads = make_heads(gm, points, num_classes(gm, inp.example_inputs), o["dcp_head_norm"])
+    points = head_points(gm, o.dcp_heads)
+    heads = make_heads(gm, points, num_classes(gm, inp.example_inputs), o.dcp_head_norm)
     device = next(iter(gm.parameters())).device
-    checkpoint = SearchCheckpoint(inp.options.get("dcp_checkpoint"), "dcp", {
+    checkpoint = SearchCheckpoint(o.dcp_checkpoint, "dcp", {
         "graph": ga.signature, "counts": sorted(counts.items()), "points": list(points),
-        "options": {k: v for k, v in o.items() if k != "progress"}, "removed": sorted(
+        "options": {k: getattr(o, k) for k in FINGERPRINT}, "removed": sorted(
             (g, sorted(c)) for g, c in removed.items())})
     saved = checkpoint.load()
     if saved is None:
-        if o["dcp_head_epochs"] > 0:
-            train_with_heads(HeadedNet(gm, points, heads), data, _train_config(inp, o))
-        calib = list(batches(search_data(data, "data"), o["dcp_batches"], device))  # this rank's shard
+        if o.dcp_head_epochs > 0:
+            train_with_heads(HeadedNet(gm, points, heads), data, _train_config(o))
+        calib = list(batches(search_data(data, "data"), o.dcp_batches, device))  # this rank's shard
         if not calib:
             raise ValueError("method 'dcp' got no batches from data: the data iterable is empty.")
         saved = {"gm": gm.state_dict(), "heads": heads.state_dict(), "calib": [(x.cpu(), y.cpu()) for x, y in calib]}
@@ -105,7 +135,7 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
     state = np.ones(int(ga.offsets[-1]))  # 1 = channel kept, 0 = removed, over all groups' channels
     for gid, gone in removed.items():
         state[[int(ga.offsets[gid]) + c for c in gone]] = 0.0
-    trained = heads if o["dcp_head_epochs"] > 0 else None  # untrained heads would add noise, not discrimination
+    trained = heads if o.dcp_head_epochs > 0 else None  # untrained heads would add noise, not discrimination
     segments = Segment.build(pruned, gm, points, trained, calib, mask_groups(pruned, ga, arrays, counts))
     keep: Keep = {}
     if "keep" in saved:
@@ -113,7 +143,7 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
         state[:] = saved["state"].numpy()
         keep = {int(g): list(k) for g, k in saved["keep"]}
     total = sum(len(s.groups) for s in segments)
-    bar = tqdm(total=total, initial=len(keep), desc="dcp: channel selection", disable=not o["progress"],
+    bar = tqdm(total=total, initial=len(keep), desc="dcp: channel selection", disable=not o.progress,
                leave=False)
     for seg in segments:
         for gid in (g for g in seg.groups if g not in keep):
@@ -127,15 +157,9 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
         for name, p in gm.named_parameters():
             if name in optimised:
                 p.copy_(optimised[name])
-    inp.options["dcp_points"] = list(points)
-    inp.options["dcp_search_s"] = round(time.perf_counter() - t0, 3)
-    return keep
+    return SearchResult(keep, log={"points": list(points)}, timings={"search": time.perf_counter() - t0})
 
 
-def _no_scores(inp: ScoreInput) -> dict[int, np.ndarray]:
-    raise NotImplementedError("method 'dcp' selects channels itself (its search hook); it has no scores.")
-
-
-register_method("dcp", "discrimination-aware channel pruning: auxiliary heads + greedy selection of each "
+register_search("dcp", "discrimination-aware channel pruning: auxiliary heads + greedy selection of each "
                        "group's channels by the gradient of head CE + feature MSE (Zhuang et al., NeurIPS "
-                       "2018); needs data", needs_data=True, search=dcp_search)(_no_scores)
+                       "2018); needs data", needs_data=True, config=DcpConfig)(dcp_search)

@@ -11,6 +11,7 @@ batches (summed before the absolute value, as the official code sums gradients b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.analysis.rules.masked import apply_mask
-from fxprune.tracing.tracer import META_SHAPE
+from fxprune.tracing.meta import shape_of
 from fxprune.train.losses import logits_of
 from fxprune.methods.dcp.heads import with_outputs
 from fxprune.methods.dcp.score import weight_gradient_scores, weight_slots
@@ -65,7 +66,7 @@ def mask_groups(pruned: fx.GraphModule, ga: GraphAnalysis, arrays: dict, counts:
 
 
 def _is_tensor(n: fx.Node) -> bool:
-    shape = n.meta.get(META_SHAPE)
+    shape = shape_of(n)
     return isinstance(shape, (tuple, torch.Size)) and all(isinstance(d, int) for d in shape)
 
 
@@ -188,22 +189,23 @@ def _optimise(seg: GroupLoss, params: list[nn.Parameter], opt: torch.optim.Optim
 
 
 def greedy_group(pruned: fx.GraphModule, ga: GraphAnalysis, state: np.ndarray, segment: Segment, gid: int,
-                 target: int, o: dict, banned: set[int] = frozenset()) -> list[int]:
+                 target: int, o: Any, banned: set[int] = frozenset()) -> list[int]:
     """Select `target` channels of group `gid`: start from its frozen channels, repeatedly add the channel(s)
     with the largest |accumulated gradient|, then take `dcp_steps` SGD steps on the group's consumer
     weights. With `dcp_adaptive`, stop early when the relative loss improvement falls below `dcp_epsilon`.
-    `banned` channels (removed by an earlier round of iterative pruning) are never selected."""
+    `banned` channels (removed by an earlier round of iterative pruning) are never selected; `o` is the
+    method's DcpConfig."""
     g, off = ga.groups[gid], int(ga.offsets[gid])
     names = segment.info.group_masks.get(gid, [])
     chosen = sorted(set(g.frozen))
     state[off:off + g.size] = 0.0
     state[[off + c for c in chosen]] = 1.0
     _write(segment.info, names, state)
-    seg = segment.loss_for(gid, o["dcp_reconstruct"])
+    seg = segment.loss_for(gid, o.dcp_reconstruct)
     params = _consumer_params(pruned, ga, gid)
-    opt = torch.optim.SGD(params, lr=o["dcp_lr"], momentum=0.9) if params else None
-    lam, prev, it = float(o["dcp_lambda"]), None, 0
-    wmasks, slots = weight_slots(pruned, ga, segment.info, gid) if o["dcp_score"] == "weight" else ([], [])
+    opt = torch.optim.SGD(params, lr=o.dcp_lr, momentum=0.9) if params else None
+    lam, prev, it = o.dcp_lambda, None, 0
+    wmasks, slots = weight_slots(pruned, ga, segment.info, gid) if o.dcp_score == "weight" else ([], [])
     target = min(max(target, 1), g.size - len(set(banned) - set(chosen)))
     while len(chosen) < target:
         if slots:
@@ -211,17 +213,17 @@ def greedy_group(pruned: fx.GraphModule, ga: GraphAnalysis, state: np.ndarray, s
         else:
             grad, loss = _gradients(seg, names, off, g.size, lam)
         gain = None if prev is None else (prev - loss) / max(abs(prev), 1e-12)  # the last addition's
-        if o["dcp_adaptive"] and gain is not None and gain < o["dcp_epsilon"]:
+        if o.dcp_adaptive and gain is not None and gain < o.dcp_epsilon:
             break
         prev = loss
         score = np.abs(grad)
         score[chosen] = -np.inf
         score[sorted(banned)] = -np.inf
         order = np.lexsort((np.arange(g.size), -score))  # ties: the lower index first
-        add = order[:min(o["dcp_chunk"], target - len(chosen))].tolist()
+        add = order[:min(o.dcp_chunk, target - len(chosen))].tolist()
         chosen = sorted(chosen + add)
         state[[off + c for c in add]] = 1.0
         _write(seg.info, names, state)
-        _optimise(seg, params, opt, o["dcp_steps"], lam, it)
-        it += o["dcp_steps"]
+        _optimise(seg, params, opt, o.dcp_steps, lam, it)
+        it += o.dcp_steps
     return chosen

@@ -17,11 +17,16 @@
    the model, so the slim model starts from them; `"scratch"` re-initialises it (the paper trains the found
    architecture from scratch): pass `finetune=Finetune(...)` to train it.
 `metapruning_checkpoint=PATH` saves the PruningNet training after every epoch and the evolutionary search
-after every iteration (in PATH.evolution), and resumes both.
+after every iteration (in PATH.evolution), and resumes both. The options are the fields of
+`MetaPruningConfig`; the search's record in the plan (`plan.search`): `searched_fractions`, `log`,
+`train_loss`, `best_accuracy`, `cost_ratio` and `search_s`.
 """
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
@@ -29,42 +34,64 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fxprune.analysis.keep import Keep, Survivors
-from fxprune.selection.select import _channel_groups, repair
+from fxprune.analysis.keep import Survivors
+from fxprune.selection.select import channel_groups, repair
 from fxprune.train.runtime import reinitialise
 from fxprune.train.losses import logits_of
 from fxprune.methods.calibration import (batches, batches_after, batches_per_epoch, require_cost_budget, require_data,
                           score_batches)
 from fxprune.methods.search.evolution import EvolutionConfig, evolve
 from fxprune.methods.metapruning.pruningnet import PruningNet
-from fxprune.methods.registry import ScoreInput, register_method
+from fxprune.errors import MethodOptionError
+from fxprune.methods.config import SearchOptions
+from fxprune.methods.registry import ScoreInput, register_search
+from fxprune.methods.result import SearchResult
 from fxprune.methods.search.dist import average_gradients, search_data
 from fxprune.methods.search.checkpoint import SearchCheckpoint
 from fxprune.methods.search.widths import WidthSpace
 
 FRACTIONS = tuple(round(0.10 + 0.03 * i, 2) for i in range(31))  # 0.10 ... 1.00, the official choices
-DEFAULTS = {"metapruning_epochs": 1, "metapruning_batches": None, "metapruning_lr": 0.05,
-            "metapruning_momentum": 0.9, "metapruning_weight_decay": 4e-5, "metapruning_window": 0.1,
-            "metapruning_calib_batches": 4, "metapruning_val_batches": 4, "metapruning_population": 50,
-            "metapruning_parents": 10, "metapruning_mutations": 25, "metapruning_crossovers": 25,
-            "metapruning_mutate_p": 0.1, "metapruning_iterations": 20, "metapruning_init": "generated",
-            "metapruning_bn_affine": True,
-            "seed": 0, "progress": True}
 INITS = ("generated", "scratch")
 GENERATOR_VERSION = 2  # in the checkpoint's fingerprint: 2 = the 1/sqrt(hidden)-scaled generators
 TRAINING = ("metapruning_epochs", "metapruning_batches", "metapruning_lr", "metapruning_momentum",
             "metapruning_weight_decay", "metapruning_bn_affine")  # the options a PruningNet checkpoint depends on
+SEARCH = ("metapruning_window", "metapruning_calib_batches", "metapruning_val_batches", "metapruning_population",
+          "metapruning_parents", "metapruning_mutations", "metapruning_crossovers", "metapruning_mutate_p",
+          "metapruning_iterations")  # the options the evolutionary search's checkpoint adds to TRAINING's
 
 
-def options_of(inp: ScoreInput) -> dict:
-    o = {k: inp.options.get(k, v) for k, v in DEFAULTS.items()}
-    if o["metapruning_init"] not in INITS:
-        raise ValueError(f"metapruning_init={o['metapruning_init']!r}: use 'generated' (start from the "
-                         f"PruningNet's weights) or 'scratch' (re-initialised, as the paper trains it).")
-    if not 0 <= float(o["metapruning_window"]) < 1:
-        raise ValueError(f"metapruning_window={o['metapruning_window']}: the accepted cost window is "
-                         f"[(1 - window) x budget, budget], so 0 <= window < 1.")
-    return o
+@dataclass
+class MetaPruningConfig(SearchOptions):
+    """MetaPruning's options (docs/methods/metapruning.md), with `seed` and `progress`."""
+
+    metapruning_epochs: int = 1
+    metapruning_batches: int | None = None  # PruningNet batches per epoch (None: the whole data iterable)
+    metapruning_lr: float = 0.05
+    metapruning_momentum: float = 0.9
+    metapruning_weight_decay: float = 4e-5
+    metapruning_window: float = 0.1
+    metapruning_calib_batches: int = 4
+    metapruning_val_batches: int = 4
+    metapruning_population: int = 50
+    metapruning_parents: int = 10
+    metapruning_mutations: int = 25
+    metapruning_crossovers: int = 25
+    metapruning_mutate_p: float = 0.1
+    metapruning_iterations: int = 20
+    metapruning_init: str = "generated"
+    metapruning_bn_affine: bool = True
+    metapruning_fractions: tuple[float, ...] = FRACTIONS  # candidate widths, fractions of each group's size
+    metapruning_val_data: Iterable | None = None  # held-out batches scoring the candidates (else data's)
+    metapruning_checkpoint: str | os.PathLike | None = None
+
+    def validate(self) -> None:
+        if self.metapruning_init not in INITS:
+            raise MethodOptionError(f"metapruning_init={self.metapruning_init!r}: use 'generated' (start from the "
+                                    f"PruningNet's weights) or 'scratch' (re-initialised, as the paper trains it).")
+        if not 0 <= self.metapruning_window < 1:
+            raise MethodOptionError(f"metapruning_window={self.metapruning_window}: the accepted cost window is "
+                                    f"[(1 - window) x budget, budget], so 0 <= window < 1.")
+        self.metapruning_fractions = tuple(float(f) for f in self.metapruning_fractions)
 
 
 def _index_scores(inp: ScoreInput) -> dict[int, np.ndarray]:
@@ -72,14 +99,14 @@ def _index_scores(inp: ScoreInput) -> dict[int, np.ndarray]:
     return {g.id: -np.arange(g.size, dtype=np.float64) for g in inp.ga.groups}
 
 
-def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, generator: torch.Generator,
-                     checkpoint: SearchCheckpoint) -> list[dict]:
+def train_pruningnet(pnet: PruningNet, data, o: MetaPruningConfig, device: torch.device,
+                     generator: torch.Generator, checkpoint: SearchCheckpoint) -> list[dict]:
     """Stochastic structure sampling: one random width choice per group per step, cross-entropy."""
     params = [p for p in pnet.net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=float(o["metapruning_lr"]), momentum=float(o["metapruning_momentum"]),
-                          weight_decay=float(o["metapruning_weight_decay"]))
-    per_epoch = batches_per_epoch(data, o["metapruning_batches"], "metapruning", "metapruning_batches")
-    epochs = int(o["metapruning_epochs"])
+    opt = torch.optim.SGD(params, lr=o.metapruning_lr, momentum=o.metapruning_momentum,
+                          weight_decay=o.metapruning_weight_decay)
+    per_epoch = batches_per_epoch(data, o.metapruning_batches, "metapruning", "metapruning_batches")
+    epochs = o.metapruning_epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs * per_epoch, 1))
     parts = {"net": pnet.net, "opt": opt, "sched": sched}
     saved = checkpoint.load()
@@ -91,7 +118,7 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
         log, start = list(saved["log"]), int(saved["epoch"])
     k = len(pnet.space.fractions)
     bar = tqdm(total=epochs * per_epoch, initial=start * per_epoch, desc="metapruning: PruningNet",
-               leave=False, disable=not o["progress"])
+               leave=False, disable=not o.progress)
     pnet.net.train()
     for epoch in range(start, epochs):
         if hasattr(data, "set_epoch"):
@@ -115,32 +142,32 @@ def train_pruningnet(pnet: PruningNet, data, o: dict, device: torch.device, gene
     return log
 
 
-def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep:
+def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> SearchResult:
     t0 = time.perf_counter()
     data = search_data(require_data(inp, "metapruning", "the PruningNet is trained and candidates are scored on "
                                                         "batches"), "data")
     require_cost_budget(inp, budget, "metapruning")
-    o = options_of(inp)
+    o: MetaPruningConfig = inp.config
     ga = inp.ga
-    fractions = tuple(float(f) for f in inp.options.get("metapruning_fractions", FRACTIONS))
-    space = WidthSpace.build(ga, _channel_groups(ga, ignored), _index_scores(inp), fractions, inp.round_to)
+    fractions = o.metapruning_fractions
+    space = WidthSpace.build(ga, channel_groups(ga, ignored), _index_scores(inp), fractions, inp.round_to)
     measure = cost.measure(budget.kind)
     dense, target = measure(None), budget.value * measure(None)
-    seed = int(o["seed"])
+    seed = o.seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         device = next((p.device for p in inp.gm.parameters()), torch.device("cpu"))
-        pnet = PruningNet(inp.gm, ga, space, bool(o["metapruning_bn_affine"]))
+        pnet = PruningNet(inp.gm, ga, space, o.metapruning_bn_affine)
         pnet.net.to(device)  # the generators and per-width norms are made on the CPU
         generator = torch.Generator().manual_seed(seed)
-        checkpoint = SearchCheckpoint(inp.options.get("metapruning_checkpoint"), "metapruning", {
+        checkpoint = SearchCheckpoint(o.metapruning_checkpoint, "metapruning", {
             "graph": ga.signature, "groups": list(space.gids), "fractions": list(fractions), "seed": seed,
-            "options": {k: o[k] for k in TRAINING}, "generator": GENERATOR_VERSION})
+            "options": {k: getattr(o, k) for k in TRAINING}, "generator": GENERATOR_VERSION})
         train_log = train_pruningnet(pnet, data, o, device, generator, checkpoint)
-        calib = list(batches(data, int(o["metapruning_calib_batches"]), device))
-        val_source = search_data(inp.options.get("metapruning_val_data"), "metapruning_val_data")
-        val = (list(batches(val_source, int(o["metapruning_val_batches"]), device)) if val_source is not None
-               else batches_after(data, len(calib), int(o["metapruning_val_batches"]), device))
+        calib = list(batches(data, o.metapruning_calib_batches, device))
+        val_source = search_data(o.metapruning_val_data, "metapruning_val_data")
+        val = (list(batches(val_source, o.metapruning_val_batches, device)) if val_source is not None
+               else batches_after(data, len(calib), o.metapruning_val_batches, device))
         if not calib or not val:
             raise ValueError("method 'metapruning' got too few batches: it needs metapruning_calib_batches + "
                              "metapruning_val_batches batches of data (or metapruning_val_data).")
@@ -153,7 +180,7 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep
             return cost_of[choice]
 
         def fits(choice: tuple[int, ...]) -> bool:
-            return (1 - float(o["metapruning_window"])) * target <= cost_of_choice(choice) <= target + 1e-6
+            return (1 - o.metapruning_window) * target <= cost_of_choice(choice) <= target + 1e-6
 
         def fitness(choice: tuple[int, ...]) -> float:
             pnet.set(choice)
@@ -161,28 +188,28 @@ def metapruning_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> Keep
             pnet.net.eval()
             return score_batches(pnet.net, val)
 
-        cfg = EvolutionConfig(int(o["metapruning_population"]), int(o["metapruning_parents"]),
-                              int(o["metapruning_mutations"]), int(o["metapruning_crossovers"]),
-                              float(o["metapruning_mutate_p"]), int(o["metapruning_iterations"]), seed=seed,
-                              progress=bool(o["progress"]))
+        cfg = EvolutionConfig(o.metapruning_population, o.metapruning_parents, o.metapruning_mutations,
+                              o.metapruning_crossovers, o.metapruning_mutate_p, o.metapruning_iterations, seed=seed,
+                              progress=o.progress)
         best, score, evo_log = evolve([len(fractions)] * len(space.gids), fits, fitness, cfg,
                                       _evolution_checkpoint(o, checkpoint, budget, inp.round_to,
-                                                            inp.options.get("metapruning_checkpoint")))
-        _initialise(inp, pnet, best, calib, o["metapruning_init"])
-    inp.options["metapruning_searched_fractions"] = [[gid, fractions[k]] for gid, k in zip(space.gids, best)]
-    inp.options["metapruning_log"] = [[r["iteration"], round(r["best"], 4)] for r in evo_log]
-    inp.options["metapruning_train_loss"] = [round(r["loss"], 4) for r in train_log]
-    inp.options["metapruning_best_accuracy"] = round(float(score), 4)
-    inp.options["metapruning_cost_ratio"] = round(cost_of_choice(best) / dense, 4)  # a finished search
-    # resumed from its checkpoint measured no candidate in this process
-    inp.options["metapruning_search_s"] = round(time.perf_counter() - t0, 3)
-    return space.keep_of(dict(zip(space.gids, best)))
+                                                            o.metapruning_checkpoint))
+        _initialise(inp, pnet, best, calib, o.metapruning_init)
+    log = {"searched_fractions": [[gid, fractions[k]] for gid, k in zip(space.gids, best)],
+           "log": [[r["iteration"], round(r["best"], 4)] for r in evo_log],
+           "train_loss": [round(r["loss"], 4) for r in train_log],
+           "best_accuracy": round(float(score), 4),
+           "cost_ratio": round(cost_of_choice(best) / dense, 4)}  # a finished search resumed from its
+    # checkpoint measured no candidate in this process
+    return SearchResult(space.keep_of(dict(zip(space.gids, best))), log=log,
+                        timings={"search": time.perf_counter() - t0})
 
 
-def _evolution_checkpoint(o: dict, trained: SearchCheckpoint, budget, round_to: int, path) -> SearchCheckpoint:
+def _evolution_checkpoint(o: MetaPruningConfig, trained: SearchCheckpoint, budget, round_to: int,
+                          path) -> SearchCheckpoint:
     """The evolutionary search's own file beside the PruningNet checkpoint (`<path>.evolution`): saved after
     every iteration, it is small where the PruningNet's generators are not."""
-    search = {k: v for k, v in o.items() if k.startswith("metapruning_") and k not in TRAINING + ("metapruning_init",)}
+    search = {k: getattr(o, k) for k in SEARCH}
     return SearchCheckpoint(None if path is None else f"{path}.evolution", "metapruning", {
         **trained.fingerprint, "budget": [budget.kind, float(budget.value)], "round_to": round_to, "search": search})
 
@@ -214,10 +241,6 @@ def _initialise(inp: ScoreInput, pnet: PruningNet, best: tuple[int, ...], calib:
                 p.copy_(trained[name])
 
 
-def _no_scores(inp: ScoreInput) -> dict[int, np.ndarray]:
-    raise NotImplementedError("method 'metapruning' selects widths itself (its search hook); it has no scores.")
-
-
-register_method("metapruning", "MetaPruning (Liu et al., ICCV 2019): PruningNet weight generators trained on "
+register_search("metapruning", "MetaPruning (Liu et al., ICCV 2019): PruningNet weight generators trained on "
                 "random widths, then an evolutionary search of per-group widths in a cost window",
-                needs_data=True, search=metapruning_search)(_no_scores)
+                needs_data=True, config=MetaPruningConfig)(metapruning_search)

@@ -10,9 +10,12 @@ large total is far from the median and kept.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from fxprune.methods.config import MethodConfig
 from fxprune.methods.scorers.magnitude import param_channel_scores, split_by_group
 from fxprune.methods.registry import ScoreInput, register_method
 
@@ -26,8 +29,14 @@ def distance_sums(flat: torch.Tensor) -> torch.Tensor:
     return torch.cdist(flat, flat).sum(1)
 
 
-@register_method("fpgm", "distance to the geometric median of the layer's filters (He et al., CVPR 2019)")
+@dataclass
+class FPGMConfig(MethodConfig):
+    fpgm_norm: float = 2.0  # the p of the distances between filters (2: Euclidean, as the paper)
+
+
+@register_method("fpgm", "distance to the geometric median of the layer's filters (He et al., CVPR 2019)",
+                 config=FPGMConfig)
 def fpgm(inp: ScoreInput) -> dict[int, np.ndarray]:
-    norm = inp.options.get("fpgm_norm", 2)
+    norm = inp.config.fpgm_norm
     fn = distance_sums if norm == 2 else (lambda f: torch.cdist(f, f, p=float(norm)).sum(1))
     return split_by_group(inp, param_channel_scores(inp, fn, min_dim=2))

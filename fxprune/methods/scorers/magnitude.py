@@ -7,10 +7,12 @@ group (producers, consumers, norm affine parameters), as in group-level magnitud
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from fxprune.methods.config import MethodConfig, SeedOption
 from fxprune.methods.registry import ScoreInput, register_method
 
 SliceScore = Callable[[torch.Tensor], torch.Tensor]  # (positions, features) -> (positions,)
@@ -50,22 +52,33 @@ def split_by_group(inp: ScoreInput, total: np.ndarray) -> dict[int, np.ndarray]:
     return {g.id: total[ga.offsets[g.id]:ga.offsets[g.id + 1]] for g in ga.groups}
 
 
+@dataclass
+class MagnitudeConfig(MethodConfig):
+    """l1 and l2 take no options."""
+
+
+@dataclass
+class RandomConfig(SeedOption):
+    """random: `seed` (default 0; step k of iterative pruning draws with seed + k)."""
+
+
 def magnitude_scores(inp: ScoreInput, p: int) -> dict[int, np.ndarray]:
     total = param_channel_scores(inp, lambda f: f.abs().sum(1) if p == 1 else f.pow(2).sum(1))
     return split_by_group(inp, np.sqrt(total) if p == 2 else total)
 
 
-@register_method("l1", "L1 norm of each channel's weights across its group (Li et al., 2017)")
+@register_method("l1", "L1 norm of each channel's weights across its group (Li et al., 2017)", config=MagnitudeConfig)
 def l1(inp: ScoreInput) -> dict[int, np.ndarray]:
     return magnitude_scores(inp, 1)
 
 
-@register_method("l2", "L2 norm of each channel's weights across its group")
+@register_method("l2", "L2 norm of each channel's weights across its group", config=MagnitudeConfig)
 def l2(inp: ScoreInput) -> dict[int, np.ndarray]:
     return magnitude_scores(inp, 2)
 
 
-@register_method("random", "uniformly random channel scores (seed=0 by default): the sanity baseline")
+@register_method("random", "uniformly random channel scores (seed=0 by default): the sanity baseline",
+                 config=RandomConfig)
 def random_scores(inp: ScoreInput) -> dict[int, np.ndarray]:
-    gen = torch.Generator().manual_seed(int(inp.options.get("seed", 0)) + inp.step)
+    gen = torch.Generator().manual_seed(inp.config.seed + inp.step)
     return {g.id: torch.rand(g.size, generator=gen, dtype=torch.float64).numpy() for g in inp.ga.groups}

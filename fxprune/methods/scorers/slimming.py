@@ -18,6 +18,8 @@ replaced by `sparsity_epochs`).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.fx as fx
@@ -26,11 +28,22 @@ from torch import nn
 from fxprune.methods.scorers.magnitude import magnitude_scores, param_channel_scores, split_by_group
 from fxprune.methods.registry import ScoreInput, register_method
 from fxprune.methods.calibration import require_data
+from fxprune.methods.config import MethodConfig
+
+if TYPE_CHECKING:
+    from fxprune.train import TrainConfig
 
 NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm) + (
     (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 DEFAULT_SPARSITY = 1e-4
 DEFAULT_EPOCHS = 10
+
+
+@dataclass
+class SlimmingConfig(MethodConfig):
+    sparsity: float = DEFAULT_SPARSITY  # lambda of the L1 penalty on the norm scales
+    sparsity_epochs: int = DEFAULT_EPOCHS  # 0: select by the current scales (no sparsity phase)
+    sparsity_train: TrainConfig | None = None  # the phase's TrainConfig (its epochs: sparsity_epochs)
 
 
 def norm_scales(gm: fx.GraphModule, labelled: set[str]) -> dict[str, nn.Parameter]:
@@ -48,7 +61,8 @@ def sparsity_train(inp: ScoreInput) -> None:
     """The sparsity phase: train `inp.gm` in place with the L1 penalty on its norm scales."""
     from fxprune.train import Trainer, TrainConfig
 
-    epochs = int(inp.options.get("sparsity_epochs", DEFAULT_EPOCHS))
+    cfg = inp.config
+    epochs = cfg.sparsity_epochs
     if epochs <= 0 or inp.step > 0:
         return
     data = require_data(inp, "slimming", "its sparsity phase trains with an L1 penalty on the norm scales; "
@@ -56,8 +70,8 @@ def sparsity_train(inp: ScoreInput) -> None:
     scales = list(norm_scales(inp.gm, set(inp.ga.analysis.params)).values())
     if not scales:
         return
-    lam = float(inp.options.get("sparsity", DEFAULT_SPARSITY))
-    base = inp.options.get("sparsity_train") or TrainConfig(progress=False)
+    lam = cfg.sparsity
+    base = cfg.sparsity_train or TrainConfig(progress=False)
     config = dataclasses.replace(base, epochs=epochs)
     Trainer(inp.gm, config, data, extra_loss=lambda _m: lam * sum(s.abs().sum() for s in scales)).fit()
 
@@ -75,4 +89,4 @@ def slimming(inp: ScoreInput) -> dict[int, np.ndarray]:
 
 register_method("slimming", "|BN gamma| after a sparsity phase with an L1 penalty on norm scales "
                             "(Liu et al., ICCV 2017); needs data for the sparsity phase",
-                prepare=sparsity_train)(slimming)
+                prepare=sparsity_train, config=SlimmingConfig)(slimming)

@@ -11,6 +11,7 @@ the absolute value is taken; the absolute values are averaged over `taylor_batch
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,17 +20,23 @@ import torch.nn.functional as F
 from fxprune.rewrite.masks import insert_masks
 from fxprune.train.losses import logits_of
 from fxprune.methods.calibration import batches, require_data
+from fxprune.methods.config import MethodConfig
 from fxprune.methods.scorers.magnitude import split_by_group
 from fxprune.methods.registry import ScoreInput, register_method
 
 DEFAULT_BATCHES = 16
 
 
+@dataclass
+class TaylorConfig(MethodConfig):
+    taylor_batches: int = DEFAULT_BATCHES  # calibration batches of `data` the importances are averaged over
+
+
 @register_method("taylor", "|sum of activation x gradient| per channel over calibration batches "
-                           "(Molchanov et al., 2017/2019); needs data", needs_data=True)
+                           "(Molchanov et al., 2017/2019); needs data", needs_data=True, config=TaylorConfig)
 def taylor(inp: ScoreInput) -> dict[int, np.ndarray]:
     data = require_data(inp, "taylor", "the gradients come from calibration batches")
-    n_batches = int(inp.options.get("taylor_batches", DEFAULT_BATCHES))
+    n_batches = inp.config.taylor_batches
     masked = copy.deepcopy(inp.gm)
     arrays: dict[str, np.ndarray] = {}
     insert_masks(masked, inp.ga, inp.keep, soft=True, arrays=arrays)

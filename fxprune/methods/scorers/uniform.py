@@ -8,12 +8,20 @@ same for every run.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from fxprune.methods.config import MethodConfig
 from fxprune.methods.registry import ScoreInput, register_method
 
 
+@dataclass
+class UniformConfig(MethodConfig):
+    """uniform takes no options."""
+
+
 @register_method("uniform", "every group keeps the same fraction (Liu et al., ICLR 2019): the thin-net baseline",
-                 scope="local")
+                 scope="local", config=UniformConfig)
 def uniform(inp: ScoreInput) -> dict[int, np.ndarray]:
     return {g.id: np.arange(g.size, 0, -1, dtype=np.float64) for g in inp.ga.groups}

@@ -10,10 +10,9 @@ no group's channel stay 1. With 0/1 gates the gated copy computes exactly what t
 slim model) of the same keep decision computes.
 
 >>> import torch, fxprune
->>> from fxprune.api import _prepare
 >>> m = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
->>> gm, ga = _prepare(m, (torch.randn(1, 4),), True, (), None)
->>> gated, gates = install_gates(gm, ga)
+>>> ga = fxprune.prepare(m, torch.randn(1, 4))
+>>> gated, gates = install_gates(ga.gm, ga)
 >>> gates.set({0: torch.tensor([1., 1., 0., 0., 0., 0.])})
 >>> gates(0)
 tensor([1., 1., 0., 0., 0., 0.])

@@ -9,22 +9,29 @@ update alternately (tas_train). The result is each group's most probable width; 
 misses the FLOPs (or params) budget, every group's searched width is scaled by one common factor (found by
 bisection with the cost model) until it fits. Where the graph has runs of identity-shortcut residual blocks
 (fxprune.analysis.blocks), the depth of each run is searched too (tas_depth.py; `tas_depth=False` turns it
-off; FLOPs and params budgets only) and the plan removes the blocks beyond the most probable depth. `tas_checkpoint=PATH` saves the search after every epoch and
-resumes a saved one (fxprune.methods.search.checkpoint); `tas_search_s` in the plan's method options is the
-search's wall time. See docs/methods/tas.md.
+off; FLOPs and params budgets only) and the plan removes the blocks beyond the most probable depth.
+`tas_checkpoint=PATH` saves the search after every epoch and resumes a saved one
+(fxprune.methods.search.checkpoint). The options are the fields of `TasConfig`; the search's record in the
+plan (`plan.search`): `searched_fractions`, `searched_depths`, `log` and `search_s` (its wall time). See
+docs/methods/tas.md.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from dataclasses import dataclass
 
 import torch
 
 from fxprune.analysis.keep import Keep, Survivors
-from fxprune.selection.select import _channel_groups, repair
+from fxprune.selection.select import channel_groups, repair
 from fxprune.methods.search.gates import group_of_array, inherit_weights, install_gates
 from fxprune.methods.scorers.magnitude import magnitude_scores
-from fxprune.methods.registry import ScoreInput, register_method
+from fxprune.errors import MethodOptionError
+from fxprune.methods.config import SearchOptions
+from fxprune.methods.registry import ScoreInput, register_search
+from fxprune.methods.result import SearchResult
 from fxprune.methods.search.dist import broadcast_state, search_data
 from fxprune.methods.search.checkpoint import SearchCheckpoint
 from fxprune.methods.tas.depth import DepthSearch, DepthSpace
@@ -35,36 +42,71 @@ from fxprune.methods.tas.train import SearchConfig, search
 from fxprune.methods.search.budget_fit import shrink_to_fit
 from fxprune.methods.calibration import require_cost_budget, require_data
 
-RESULT_KEY = "tas_searched_fractions"  # [[group id, searched fraction], ...] recorded in plan.method_options
+@dataclass
+class TasConfig(SearchOptions):
+    """TAS's options (docs/methods/tas.md); `seed` and `progress` as every search (`progress=False` or
+    `tas_progress=False` hides the search's progress bar)."""
+
+    tas_epochs: int = 1
+    tas_batches: int | None = None  # weight + architecture batches per epoch (None: the whole data iterable)
+    tas_lr: float = 0.1
+    tas_momentum: float = 0.9
+    tas_weight_decay: float = 5e-4
+    tas_arch_lr: float = 1e-3
+    tas_arch_weight_decay: float = 1e-3
+    tas_flops_weight: float = 2.0
+    tas_tolerance: float = 0.05
+    tas_tau: tuple[float, float] = (5.0, 0.1)  # Gumbel temperature (max, min)
+    tas_tau_schedule: str = "cosine"
+    tas_samples: int = 2
+    tas_per_width_bn: bool = True
+    tas_progress: bool = True
+    tas_fractions: tuple[float, ...] = DEFAULT_FRACTIONS  # candidate widths, fractions of each group's size
+    tas_depth: bool = True  # search the depth of runs of identity-shortcut residual blocks too
+    tas_inherit: bool = False  # the search-trained weights into the model
+    tas_checkpoint: str | os.PathLike | None = None
+
+    def validate(self) -> None:
+        try:
+            self.tas_fractions = tuple(float(f) for f in self.tas_fractions)
+            tau = tuple(float(t) for t in self.tas_tau)
+        except (TypeError, ValueError):
+            raise MethodOptionError(f"tas_fractions={self.tas_fractions!r}, tas_tau={self.tas_tau!r}: both are "
+                                    f"sequences of numbers.") from None
+        if not self.tas_fractions or any(not 0 < f <= 1 for f in self.tas_fractions):
+            raise MethodOptionError(f"tas_fractions={self.tas_fractions}: candidate widths are fractions in (0, 1].")
+        if len(tau) != 2:
+            raise MethodOptionError(f"tas_tau={self.tas_tau!r}: the Gumbel temperature range is (max, min).")
+
+    def search_config(self) -> SearchConfig:
+        """The search loop's settings."""
+        return SearchConfig(
+            epochs=self.tas_epochs, batches=self.tas_batches, lr=self.tas_lr, momentum=self.tas_momentum,
+            weight_decay=self.tas_weight_decay, arch_lr=self.tas_arch_lr,
+            arch_weight_decay=self.tas_arch_weight_decay, flops_weight=self.tas_flops_weight,
+            tolerance=self.tas_tolerance, tau_max=float(self.tas_tau[0]), tau_min=float(self.tas_tau[1]),
+            tau_schedule=self.tas_tau_schedule, samples=self.tas_samples, per_width_bn=self.tas_per_width_bn,
+            progress=self.tas_progress and self.progress)
 
 
 def search_config(options: dict) -> SearchConfig:
-    o = options
-    tau = o.get("tas_tau", (5.0, 0.1))
-    return SearchConfig(
-        epochs=int(o.get("tas_epochs", 1)), batches=o.get("tas_batches"), lr=float(o.get("tas_lr", 0.1)),
-        momentum=float(o.get("tas_momentum", 0.9)), weight_decay=float(o.get("tas_weight_decay", 5e-4)),
-        arch_lr=float(o.get("tas_arch_lr", 1e-3)), arch_weight_decay=float(o.get("tas_arch_weight_decay", 1e-3)),
-        flops_weight=float(o.get("tas_flops_weight", 2.0)), tolerance=float(o.get("tas_tolerance", 0.05)),
-        tau_max=float(tau[0]), tau_min=float(tau[1]), tau_schedule=str(o.get("tas_tau_schedule", "cosine")),
-        samples=int(o.get("tas_samples", 2)), per_width_bn=bool(o.get("tas_per_width_bn", True)),
-        progress=bool(o.get("tas_progress", True)))
+    """The search loop's settings for TAS's keyword options."""
+    return TasConfig.from_options(options, method="tas").search_config()
 
 
-def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> Keep:
+def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> SearchResult:
     data = search_data(require_data(inp, "tas", "the width distributions and the weights are trained on batches"),
                        "data")
     require_cost_budget(inp, budget, "tas")
-    cfg = search_config(inp.options)
+    options: TasConfig = inp.config
+    cfg = options.search_config()
     ga = inp.ga
-    gids = _channel_groups(ga, ignored)
-    fractions = tuple(float(f) for f in inp.options.get("tas_fractions", DEFAULT_FRACTIONS))
-    if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise ValueError(f"tas_fractions={fractions}: candidate widths are fractions in (0, 1].")
+    gids = channel_groups(ga, ignored)
+    fractions = options.tas_fractions
     space = WidthSpace.build(ga, gids, magnitude_scores(inp, 1), fractions, inp.round_to)
     measure = cost.measure(budget.kind)
     target = budget.value * measure(None)
-    seed = int(inp.options.get("seed", 0))
+    seed = options.seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gated, gates = install_gates(inp.gm, ga)
@@ -77,21 +119,23 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> Keep:
         depth = _depth_search(inp, budget, gated, device, generator)
         blocks = depth.space.term_blocks(inp.gm, cost, budget.kind) if depth is not None else None
         expected = ExpectedCost(ga, terms, blocks).to(device)
-        checkpoint = SearchCheckpoint(inp.options.get("tas_checkpoint"), "tas", _fingerprint(
+        checkpoint = SearchCheckpoint(options.tas_checkpoint, "tas", _fingerprint(
             ga, gids, fractions, cfg, budget, seed, inp.round_to, depth.space.sizes if depth is not None else []))
         t0 = time.perf_counter()
         log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint, depth,
                      width_weights)
         broadcast_state(gated)  # a distributed search: rank 0's BatchNorm statistics everywhere
-        inp.options["tas_search_s"] = round(time.perf_counter() - t0, 3)
+        seconds = time.perf_counter() - t0
     choice = {gid: int(k) for gid, k in zip(gids, alpha.detach().argmax(1).tolist())}
-    if inp.options.get("tas_inherit", False):
+    if options.tas_inherit:
         _inherit(inp.gm, gated, norms, choice, gids)
-    inp.options[RESULT_KEY] = [[gid, fractions[k]] for gid, k in choice.items()]
-    inp.options["tas_log"] = [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]
+    result = SearchResult({}, log={"searched_fractions": [[gid, fractions[k]] for gid, k in choice.items()],
+                                   "log": [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]},
+                          timings={"search": seconds})
     if depth is not None:
-        measure = _record_depths(inp, depth, cost, budget.kind)
-    return fit_budget(space, choice, lambda keep: measure(Survivors(ga, repair(ga, keep, {}))), target)
+        measure = _record_depths(inp, result, depth, cost, budget.kind)
+    result.keep = fit_budget(space, choice, lambda keep: measure(Survivors(ga, repair(ga, keep, {}))), target)
+    return result
 
 
 def _owner(ga, module: str) -> int | None:
@@ -111,7 +155,7 @@ def _depth_search(inp: ScoreInput, budget, gated, device: torch.device,
                   generator: torch.Generator) -> DepthSearch | None:
     """The depth side of the search, when asked for (tas_depth, default on), the budget is FLOPs or params and
     the graph has runs of at least two identity-shortcut residual blocks."""
-    if not inp.options.get("tas_depth", True) or budget.kind not in ("flops", "params"):
+    if not inp.config.tas_depth or budget.kind not in ("flops", "params"):
         return None
     space = DepthSpace.build(inp.gm)
     if not len(space):
@@ -119,13 +163,14 @@ def _depth_search(inp: ScoreInput, budget, gated, device: torch.device,
     return DepthSearch(space, space.install(gated), device, generator)
 
 
-def _record_depths(inp: ScoreInput, depth: DepthSearch, cost, kind: str):
-    """Write the searched depths and the removed blocks; the cost measure of the graph without them."""
+def _record_depths(inp: ScoreInput, result: SearchResult, depth: DepthSearch, cost, kind: str):
+    """Record the searched depths and the removed blocks in `result`; the cost measure of the graph without
+    them."""
     depths = depth.depths()
-    inp.skipped_blocks = depth.space.skipped(depths)
-    inp.options["tas_searched_depths"] = [[run.blocks[0].add, d, len(run.blocks)]
-                                          for run, d in zip(depth.space.runs, depths)]
-    gone = {a for a, _ in inp.skipped_blocks}
+    result.skipped_blocks = [list(b) for b in depth.space.skipped(depths)]
+    result.log["searched_depths"] = [[run.blocks[0].add, d, len(run.blocks)]
+                                     for run, d in zip(depth.space.runs, depths)]
+    gone = {a for a, _ in result.skipped_blocks}
     blocks = [b for run in depth.space.runs for b in run.blocks if b.add in gone]
     nodes = {n for b in blocks for n in b.branch}
     index = {b.add: i for i, b in enumerate(b for run in depth.space.runs for b in run.blocks)}
@@ -149,6 +194,6 @@ def fit_budget(space: WidthSpace, choice: dict[int, int], measure, target: float
     return shrink_to_fit({gid: space.counts[gid][k] for gid, k in choice.items()}, space.keep_count, measure, target)
 
 
-register_method("tas", "Transformable Architecture Search (Dong & Yang, NeurIPS 2019): learned per-group "
+register_search("tas", "Transformable Architecture Search (Dong & Yang, NeurIPS 2019): learned per-group "
                        "width distributions, Gumbel-sampled, with an expected-FLOPs loss; needs data",
-                needs_data=True, search=tas_search)(lambda inp: magnitude_scores(inp, 1))
+                needs_data=True, config=TasConfig)(tas_search)
