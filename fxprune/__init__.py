@@ -10,6 +10,7 @@ one (`prepare`, `score`, `select`, `cost_model`, `mask`, `shrink`, `make_plan`).
 >>> "l1" in fxprune.list_methods()
 True
 """
+from fxprune import compat
 from fxprune.analysis import method_key, register_rule
 from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.analysis.keep import Keep
@@ -25,6 +26,8 @@ from fxprune.report.run_dir import load, load_run_info
 from fxprune.rewrite.fixers import register_fixer
 from fxprune.stages import __version__, analyse, cost_model, make_plan, mask, prepare, score, select, shrink, trace
 from fxprune.types import ChannelGroup, ChannelSlot, GroupDecision, PruneResult, PruningPlan, Report
+
+compat.install()  # models saved before the stage-package layout name old module paths
 
 __all__ = [
     "ChannelGroup", "ChannelSlot", "CostModel", "DeployParityError", "ExportParityError", "FxPruneError",

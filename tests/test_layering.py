@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"fxprune.stages"},
     {"fxprune.api"},
     {"fxprune.report"},
+    {"fxprune.compat"},  # sys.modules aliases for old module paths that saved models name
     {"fxprune"},  # the package root: the public surface, re-exported
     {"fxprune.cli"},
 ]

@@ -180,4 +180,4 @@ def build_masked_mean(graph: fx.Graph, node: fx.Node, module: None, mask: fx.Nod
     return graph.call_function(masked_mean, (node.args[0], mask, dim, dims, keepdim))
 
 
-__all__ = ["apply_mask", "masked_layer_norm", "masked_group_norm", "masked_batch_norm", "masked_mean", "masked_rms_norm", "F"]
+__all__ = ["apply_mask", "masked_batch_norm", "masked_group_norm", "masked_layer_norm", "masked_mean", "masked_rms_norm"]
