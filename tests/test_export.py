@@ -230,6 +230,6 @@ def test_caller_module_unchanged(tmp_path: Path, suffix: str) -> None:
 
 
 def test_import_does_not_import_onnx() -> None:
-    code = "import sys, fxprune, fxprune.export; sys.exit(bool({'onnx', 'onnxruntime'} & set(sys.modules)))"
+    code = "import sys, fxprune, fxprune.deploy.export; sys.exit(bool({'onnx', 'onnxruntime'} & set(sys.modules)))"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -107,7 +107,7 @@ def onnx_session_outputs(path: str | Path, example_inputs: Any) -> list[np.ndarr
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return list(session.run(None, _onnx_feeds([i.name for i in session.get_inputs()], inputs)))
+    return list(session.run(None, onnx_feeds([i.name for i in session.get_inputs()], inputs)))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -217,7 +217,7 @@ def _onnx_dynamo(model: nn.Module, inputs: Inputs, path: Path, opset: int | None
                       opset_version=opset or DYNAMO_DEFAULT_OPSET, verbose=False, **extra)
 
 
-def _onnx_feeds(names: list[str], inputs: Inputs) -> dict[str, np.ndarray]:
+def onnx_feeds(names: list[str], inputs: Inputs) -> dict[str, np.ndarray]:
     arrays = {name: t.detach().cpu().numpy() for name, t in zip(_onnx_input_names(inputs), inputs)}
     if all(name in arrays for name in names):
         return {name: arrays[name] for name in names}

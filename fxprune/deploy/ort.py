@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-from fxprune.deploy.export import _onnx_feeds, export
+from fxprune.deploy.export import onnx_feeds, export
 from fxprune.tracing.tracer import as_input_tuple
 from fxprune.deploy.fold import fold_batchnorm
 
@@ -110,7 +110,7 @@ class OrtModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         self._check(inputs)
-        feeds = _onnx_feeds([i.name for i in self._inputs], tuple(self._cast(t, i) for t, i in
+        feeds = onnx_feeds([i.name for i in self._inputs], tuple(self._cast(t, i) for t, i in
                                                                   zip(inputs, self._inputs)))
         outputs = [torch.from_numpy(a) for a in self.session.run(None, feeds)]
         if self.output_spec is not None and self.output_spec.num_leaves == len(outputs):

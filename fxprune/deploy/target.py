@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fxprune.deploy.optimize import optimize
 from fxprune.deploy.timing import check_device, time_callable
 
 __all__ = ["Target", "as_target", "cache_dir"]
@@ -72,8 +73,6 @@ class Target:
         """Milliseconds of one forward pass of `module` on `inputs` on this target (median of `repeats`)."""
         if self.timer is not None:
             return float(self.timer(module, inputs))
-        from fxprune.deploy.optimize import optimize  # deploy.optimize imports the analysis stack; import on use
-
         with self.threads_set():
             fast = optimize(module, inputs, self.device, self.run_dtype, mode=self.run_mode, check=False,
                             ort_threads=self.threads or 2)
