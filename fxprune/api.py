@@ -20,7 +20,9 @@ from fxprune.deploy.align import measure_alignment
 from fxprune.deploy.target import Target, as_target
 from fxprune.errors import PlanMismatchError
 from fxprune.methods import get_method
-from fxprune.methods.registry import ScoreInput
+from fxprune.methods.config import MethodConfig
+from fxprune.methods.registry import ScoreInput, method_config, method_of_config
+from fxprune.methods.result import SearchResult, as_search_result
 from fxprune.rewrite.masks import insert_masks, strip_masks
 from fxprune.rewrite.rewriter import rewrite
 from fxprune.selection.select import Budget, fits_at_minimum, repair, select
@@ -67,7 +69,7 @@ class PruneOptions:
 PRUNE_OPTIONS = frozenset(f.name for f in fields(PruneOptions))
 
 
-def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: float | None = None,
+def prune(model: nn.Module, example_inputs: Any, *, method: str | MethodConfig = "l1", ratio: float | None = None,
           flops: float | None = None, params: float | None = None, latency: float | None = None,
           data: Iterable | None = None, eval_data: Iterable | None = None, finetune: Any = None,
           options: PruneOptions | None = None, **keywords: Any) -> PruneResult:
@@ -77,8 +79,9 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     (fraction of the dense model's FLOPs / params / latency kept). A latency budget is measured on
     `options.target` at the example input's shape, through a per-layer latency table
     (`fxprune.cost.LatencyModel`). `options` (a `PruneOptions`) says how to trace, spread the budget and
-    where to run; its fields may also be given as keywords. Any other keyword is an option of the method
-    (`fxprune methods`; a misspelled one is an error that lists the valid ones).
+    where to run; its fields may also be given as keywords. `method` is a method's name (`fxprune methods`)
+    with its options as the remaining keywords (a misspelled one is an error that lists the valid ones), or
+    the method's config object (`method=TasConfig(tas_epochs=2)`, `fxprune.methods.config`).
 
     With data: `data` (an iterable of (inputs, targets) batches) feeds methods that need it (taylor,
     slimming) and the fine-tune; `finetune=Finetune(epochs=..., kd=...)` fine-tunes the slim model (with
@@ -92,8 +95,10 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
     True
     """
     opts, method_options = _split_keywords(options, keywords)
+    method, method_options = _method_and_options(method, method_options)
     budget = Budget.from_options(ratio, flops, params, latency)
     backend = get_method(method)
+    config = method_config(method, method_options)  # a misspelled option fails here, before any work
     deployment = _deployment_target(opts.target, budget, opts.round_to, opts.device)
     budgets = step_budgets(budget, opts.steps, opts.step_schedule)
     check_data_options(data, finetune, opts.steps, backend.needs_data, method)
@@ -111,12 +116,14 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str = "l1", ratio: f
         gm.to(training_device(opts.device))
     teacher = teacher_of(model, finetune)
     acc = {"dense": accuracy(gm, eval_data)}
-    inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to)
-    keep, history, search_s = _decide_steps(backend, inp, budgets, cost, ignored, opts.scope,
-                                            lambda k: train_masked(gm, ga, k, finetune, data, eval_data, teacher))
+    inp = ScoreInput(gm, ga, inputs, dict(method_options), data, round_to=round_to, config=config)
+    found, history, search_s = _decide_steps(backend, inp, budgets, cost, ignored, opts.scope,
+                                             lambda k: train_masked(gm, ga, k, finetune, data, eval_data, teacher))
+    keep = found.keep
     plan = make_plan(ga, keep, method=method, options=inp.options, budget=budget, round_to=round_to,
                      strict=opts.strict, scope=opts.scope or backend.scope, steps=opts.steps)
-    plan.skipped_blocks = [list(b) for b in inp.skipped_blocks]
+    plan.skipped_blocks = [list(b) for b in found.skipped_blocks]
+    plan.search = found.record()
     rewrite(gm, ga, keep)
     remove_blocks(gm, plan.skipped_blocks)
     propagate_shapes(gm, _to_device_of(gm, inputs), opts.example_kwargs or {})
@@ -142,11 +149,25 @@ def _split_keywords(options: PruneOptions | None, keywords: dict[str, Any]) -> t
     return options or PruneOptions(**own), {k: v for k, v in keywords.items() if k not in PRUNE_OPTIONS}
 
 
+def _method_and_options(method: str | MethodConfig, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(method name, its options as keywords) from a name + keywords, or from a config object (whose options
+    that differ from the defaults are what the plan records)."""
+    if isinstance(method, str):
+        return method, options
+    if not isinstance(method, MethodConfig):
+        raise TypeError(f"method must be a method name or a method's config object (fxprune.methods.config), got "
+                        f"{type(method).__name__}.")
+    if options:
+        raise TypeError(f"prune: options {', '.join(sorted(options))} given as keywords besides the config object "
+                        f"{type(method).__name__}; set them on the config instead.")
+    return method_of_config(method), method.changed_options()
+
+
 def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostModel, ignored: set[int],
-                  scope: str | None, train_between) -> tuple[Keep, list, float]:
+                  scope: str | None, train_between) -> tuple[SearchResult, list, float]:
     """The method's preparation and every prune step's decision, with `train_between(keep)` (the masked
-    fine-tune) between steps; (final keep, training histories, search seconds)."""
-    keep, history = {}, []
+    fine-tune) between steps; (the last step's decision, training histories, search seconds)."""
+    keep, history = Keep(), []
     t0 = time.perf_counter()
     if backend.prepare is not None:
         backend.prepare(inp)
@@ -154,12 +175,13 @@ def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostMod
     for step, step_budget in enumerate(budgets):
         inp.keep, inp.step = keep, step
         t0 = time.perf_counter()
-        keep = decide(backend, inp, inp.ga, step_budget, cost, inp.round_to, ignored, scope,
-                      removed_channels(inp.ga, keep))
+        found = decide(backend, inp, inp.ga, step_budget, cost, inp.round_to, ignored, scope,
+                       removed_channels(inp.ga, keep))
+        keep = found.keep
         search_s += time.perf_counter() - t0
         if step < len(budgets) - 1:
             history.append(train_between(keep))
-    return keep, history, search_s
+    return found, history, search_s
 
 
 def _record_achieved(plan: PruningPlan, report: Report, cost: CostModel, ga: GraphAnalysis,
@@ -250,11 +272,15 @@ def _check_plan(ga: GraphAnalysis, plan: PruningPlan) -> Keep:
 
 
 def decide(backend, inp: ScoreInput, ga: GraphAnalysis, budget: Budget, cost: CostModel, round_to: int,
-           ignored: set[int], scope: str | None, removed: dict[int, set[int]]) -> Keep:
-    """One prune step's decision: the backend's own search, or its scores through `select`."""
+           ignored: set[int], scope: str | None, removed: dict[int, set[int]]) -> SearchResult:
+    """One prune step's decision: the backend's own search (its kept channels repaired), or its scores
+    through `select`."""
     if backend.search is not None:
-        return repair(ga, backend.search(inp, budget, cost, ignored), {})
-    return select(ga, backend.score(inp), budget, cost, round_to, ignored, scope or backend.scope, removed)
+        found = as_search_result(backend.search(inp, budget, cost, ignored))
+        found.keep = repair(ga, found.keep, {})
+        return found
+    return SearchResult(select(ga, backend.score(inp), budget, cost, round_to, ignored, scope or backend.scope,
+                               removed))
 
 
 def _to_device_of(gm: fx.GraphModule, inputs: tuple) -> tuple:

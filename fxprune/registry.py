@@ -141,5 +141,8 @@ def qualified_name(key: object) -> str:
 
 
 def _short(value: object) -> str:
-    name = getattr(value, "__qualname__", None) or getattr(value, "name", None) or type(value).__name__
+    """A registered entry in a message: a function or class by its qualified name, anything else by repr."""
+    name = getattr(value, "__qualname__", None) or getattr(value, "name", None)
+    if name is None:
+        return repr(value)[:80]
     return f"{getattr(value, '__module__', '')}.{name}".lstrip(".")

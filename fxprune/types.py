@@ -9,7 +9,17 @@ from typing import Any
 
 from torch import nn
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2  # 2: a search's record in `search` (format 1 kept it in method_options, under prefixed keys)
+
+# Where plans of format 1 kept a search's record: {key in method_options: key in PruningPlan.search}.
+LEGACY_SEARCH_KEYS: dict[str, str] = {
+    **{f"tas_{k}": k for k in ("searched_fractions", "searched_depths", "log", "search_s")},
+    **{f"dcp_{k}": k for k in ("points", "search_s")},
+    **{f"jst_{k}": k for k in ("searched_fractions", "thresholds", "log", "coarse_loss", "best_accuracy",
+                               "candidates_scored", "cost_ratio", "search_s")},
+    **{f"metapruning_{k}": k for k in ("searched_fractions", "log", "train_loss", "best_accuracy", "cost_ratio",
+                                       "search_s")},
+}
 
 
 @dataclass(frozen=True)
@@ -72,9 +82,17 @@ class GroupDecision:
 class PruningPlan:
     """What to keep, as data: JSON round-trips, can be reviewed, saved and re-applied.
 
+    `method_options` are the options the method was given (the JSON-able ones); `search` is what a searching
+    method recorded (`SearchResult.record()`: searched widths, curves, `search_s` seconds, ...). A plan saved
+    before `search` existed loads with its search record moved out of `method_options` (LEGACY_SEARCH_KEYS).
+
     >>> plan = PruningPlan(groups=[GroupDecision(0, 4, [0, 2])], graph_signature="abc")
     >>> PruningPlan.from_json(plan.to_json()) == plan
     True
+    >>> old = PruningPlan.from_dict({"groups": [], "graph_signature": "abc", "method": "tas", "format": 1,
+    ...                              "method_options": {"tas_epochs": 2, "tas_log": [[1, 0.9]]}})
+    >>> old.method_options, old.search
+    ({'tas_epochs': 2}, {'log': [[1, 0.9]]})
     """
 
     groups: list[GroupDecision]
@@ -88,6 +106,7 @@ class PruningPlan:
     steps: int = 1  # prune rounds (iterative pruning)
     achieved: dict[str, float] = field(default_factory=dict)
     skipped_blocks: list[list[str]] = field(default_factory=list)  # residual blocks removed: [add, shortcut]
+    search: dict[str, Any] = field(default_factory=dict)  # a searching method's record (log and timings)
     library_version: str = ""
     format: int = PLAN_FORMAT
 
@@ -98,6 +117,11 @@ class PruningPlan:
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         data = dict(data)
         data["groups"] = [GroupDecision(**g) for g in data.get("groups", [])]
+        if "search" not in data:  # format 1: the search's record is in method_options
+            options = dict(data.get("method_options") or {})
+            data["search"] = {LEGACY_SEARCH_KEYS[k]: options.pop(k) for k in list(options) if k in LEGACY_SEARCH_KEYS}
+            data["method_options"] = options
+            data["format"] = PLAN_FORMAT
         return cls(**data)
 
     def to_json(self) -> str:

@@ -304,7 +304,8 @@ def seeded_resnet20() -> nn.Module:
 
 
 def run_search(method: str, model: nn.Module, x: Any, data: Any, budget: Any, **options: Any) -> tuple:
-    """A searching method's decision on `model`, as prune takes it: (gm, ga, cost model, keep, plan, options)."""
+    """A searching method's decision on `model`, as prune takes it: (gm, ga, cost model, keep, plan, the
+    search's record: plan.search)."""
     from fxprune.stages import make_plan, prepare
     from fxprune.cost.model import CostModel
     from fxprune.methods import get_method
@@ -315,6 +316,8 @@ def run_search(method: str, model: nn.Module, x: Any, data: Any, budget: Any, **
     gm = ga.gm
     cost = CostModel.build(gm, ga)
     inp = ScoreInput(gm, ga, (x,), dict(options), data)
-    keep = repair(ga, get_method(method).search(inp, budget, cost, set()), {})
+    found = get_method(method).search(inp, budget, cost, set())
+    keep = repair(ga, found.keep, {})
     plan = make_plan(ga, keep, method=method, options=inp.options, budget=budget, round_to=1, strict=True, scope="global", steps=1)
-    return gm, ga, cost, keep, plan, inp.options
+    plan.search = found.record()
+    return gm, ga, cost, keep, plan, plan.search

@@ -13,6 +13,7 @@ import fxprune
 from fxprune.cli import commands as cli
 from fxprune.cli import models as cli_models
 from fxprune.cli import runs as cli_runs
+from fxprune.report import run_dir as run_dir_module
 from fxprune.errors import FxPruneError
 
 
@@ -78,6 +79,7 @@ def fake_api(monkeypatch):
 
     monkeypatch.setattr(fxprune, "prune", prune, raising=False)
     monkeypatch.setattr(fxprune, "export", export, raising=False)
+    monkeypatch.setattr(run_dir_module, "export", export)  # run directories export through their own import
     monkeypatch.setattr(fxprune, "apply_plan", apply_plan, raising=False)
     monkeypatch.setattr(fxprune, "PruningPlan", SimpleNamespace(load=lambda p: ("plan", str(p))), raising=False)
     monkeypatch.setattr(fxprune, "list_methods", lambda: ["l1", "random"], raising=False)
@@ -243,6 +245,16 @@ def test_prune_passes_method_options(capsys, tmp_path, fake_api, tiny_model):
     assert code == 2 and "steps is an argument of prune itself" in err
 
 
+def test_a_misspelled_method_option_exits_1_naming_the_valid_ones(capsys, tmp_path, tiny_model):
+    out_dir = tmp_path / "r"
+    code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--method", "tas", "--flops", "0.5",
+                           "--input-size", "3,8,8", "-o", "tas_epoch=2", "--out", str(out_dir))
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("error: method 'tas' has no option 'tas_epoch' (did you mean 'tas_epochs'?)")
+    assert "Its options: progress, seed, tas_arch_lr" in err
+    assert not (out_dir / "plan.json").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "fast"])
 def test_bad_round_to_exits_2(capsys, tmp_path, value):
     code, _, err = run_cli(capsys, "prune", "torchvision:resnet18", "--flops", "0.5", "--round-to", value,
@@ -309,6 +321,13 @@ def test_methods_lists_names_and_summaries(capsys):
     assert all(line.endswith(summaries[line.split()[0]]) for line in lines)
     code, out, _ = run_cli(capsys, "methods", "--json")
     assert code == 0 and json.loads(out) == summaries
+
+
+def test_methods_lists_the_search_methods_too(capsys):
+    code, out, _ = run_cli(capsys, "methods", "--json")
+    listed = json.loads(out)
+    assert code == 0 and {"tas", "dcp", "jst", "metapruning", "l1", "uniform"} <= set(listed)
+    assert "Transformable Architecture Search" in listed["tas"]
 
 
 def test_demo_trains_prunes_finetunes_and_writes_a_run(capsys, tmp_path):

@@ -17,7 +17,7 @@ from fxprune.methods.dcp.heads import head_points, main_path
 from fxprune.methods.registry import ScoreInput
 from fxprune.analysis.keep import Survivors
 from fxprune.selection.select import Budget, repair
-from fxprune.tracing.tracer import META_FLOPS
+from fxprune.tracing.meta import FLOPS as META_FLOPS
 from fxprune.train import TrainConfig
 from fxprune.zoo.cifar import resnet20
 
@@ -34,14 +34,16 @@ def _data(n=2, bs=8, shape=(3, 32, 32), classes=10, seed=0):
 
 
 def _search(model, x, data, budget: Budget, **options):
-    """Run the dcp search on a traced copy; returns (trained traced model, plan, flops ratio, options)."""
+    """Run the dcp search on a traced copy; returns (trained traced model, plan, flops ratio, its record)."""
     ga = prepare(model, x)
     gm = ga.gm
     cost = CostModel.build(gm, ga)
     inp = ScoreInput(gm, ga, (x,), dict(options), data)
-    keep = repair(ga, get_method("dcp").search(inp, budget, cost, set()), {})
+    found = get_method("dcp").search(inp, budget, cost, set())
+    keep = repair(ga, found.keep, {})
     plan = make_plan(ga, keep, method="dcp", options=inp.options, budget=budget, round_to=1, strict=True, scope="local", steps=1)
-    return gm, ga, keep, plan, cost.flops(Survivors(ga, keep)) / cost.flops(None), inp.options
+    plan.search = found.record()
+    return gm, ga, keep, plan, cost.flops(Survivors(ga, keep)) / cost.flops(None), plan.search
 
 
 def test_head_points_are_block_outputs_in_different_stages_evenly_spaced_by_flops():
@@ -83,7 +85,7 @@ def test_greedy_selection_never_picks_channels_without_consumer_weights(heads, r
                                       progress=False)
     g1 = next(g for g in ga.groups if any(m.name == "conv1.weight" and m.role == "producer" for m in g.members))
     assert keep[g1.id] == [0, 2, 4, 6]
-    assert len(opts["dcp_points"]) == heads - 1 and opts["dcp_search_s"] > 0
+    assert len(opts["points"]) == heads - 1 and opts["search_s"] > 0
 
 
 @pytest.mark.parametrize("score", ["mask", "weight"])
@@ -95,7 +97,7 @@ def test_resnet20_on_the_cifar_subset_meets_the_budget_and_slim_equals_masked(sc
     gm, _, keep, plan, ratio, opts = _search(resnet20().eval(), x, train, Budget("flops", 0.5),
                                              dcp_chunk=16, dcp_score=score, **TINY)
     assert ratio <= 0.5 + 1e-6 and keep
-    assert opts["dcp_points"] == ["layer1_2_relu_1", "layer2_2_relu_1"]
+    assert opts["points"] == ["layer1_2_relu_1", "layer2_2_relu_1"]
     assert_slim_equals_masked(gm.eval(), x, plan)  # gm holds the head-trained, DCP-optimised weights
 
 
@@ -112,7 +114,7 @@ def test_prune_with_dcp_returns_a_slim_model_without_heads_and_is_deterministic(
                                                   res[1].model.state_dict().values()))
     names = {n for n, _ in res[0].model.named_modules()} | {n for n, _ in res[0].model.named_parameters()}
     assert not any("head" in n or "fxprune_mask" in n for n in names)
-    assert res[0].plan.method_options["dcp_points"] and res[0].plan.method_options["dcp_search_s"] > 0
+    assert res[0].plan.search["points"] and res[0].plan.search["search_s"] > 0
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the caller's model untouched
     assert res[0].model(x).shape == (1, 10)
 
@@ -123,7 +125,7 @@ def test_mobilenet_v3_small_random_data_meets_the_budget_and_slim_equals_masked(
     m = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     gm, _, keep, plan, ratio, opts = _search(m, x, _data(n=1), Budget("flops", 0.6), dcp_chunk=256, **TINY)
-    assert ratio <= 0.6 + 1e-6 and keep and len(opts["dcp_points"]) == 2
+    assert ratio <= 0.6 + 1e-6 and keep and len(opts["points"]) == 2
     assert_slim_equals_masked(gm.eval(), x, plan, tol=1e-4)
 
 
@@ -145,9 +147,9 @@ def test_iterative_dcp_never_brings_back_channels_an_earlier_round_removed(monke
     seen, real = [], api.decide
 
     def spy(*args, **kwargs):
-        keep = real(*args, **kwargs)
-        seen.append(copy.deepcopy(keep))
-        return keep
+        found = real(*args, **kwargs)
+        seen.append(copy.deepcopy(found.keep))
+        return found
 
     monkeypatch.setattr(api, "decide", spy)
     torch.manual_seed(0)
@@ -251,7 +253,7 @@ def test_tiny_vit_random_data_meets_the_budget_and_slim_equals_masked():
                                              hidden_dim=32, mlp_dim=64, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     gm, _, keep, plan, ratio, opts = _search(m, x, _data(n=1), Budget("flops", 0.7), dcp_chunk=64, **TINY)
-    assert ratio <= 0.7 + 1e-6 and keep and opts["dcp_points"]
+    assert ratio <= 0.7 + 1e-6 and keep and opts["points"]
     trained = copy.deepcopy(m)
     trained.load_state_dict(gm.state_dict())  # the head-trained, DCP-optimised weights, in the original model
     assert_slim_equals_masked(trained.eval(), x, plan, tol=1e-4)

@@ -155,6 +155,37 @@ def test_bad_options(kw):
     assert_unchanged(m, snap, X)
 
 
+@pytest.mark.parametrize("method, options, valid", [
+    ("tas", {"tas_epoch": 1}, "tas_epochs"), ("l1", {"sparsity": 1}, None), ("random", {"sed": 1}, "seed"),
+    ("dcp", {"dcp_lamda": 0.5}, "dcp_lambda"), ("jst", {"jst_init": "scratch", "jst_serch_epochs": 2}, "jst_search_epochs")])
+def test_a_misspelled_method_option_is_refused_before_any_work(method, options, valid):
+    from fxprune.errors import MethodOptionError
+    from fxprune.methods import get_method
+
+    m = net()
+    snap = state_snapshot(m)
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,)))]
+    with pytest.raises(MethodOptionError) as ei:  # inplace=True: any work would slice the caller's modules
+        fxprune.prune(m, X, method=method, flops=0.5, data=data, inplace=True, **options)
+    msg, bad = str(ei.value), next(k for k in options if k not in get_method(method).config.options())
+    assert f"method '{method}'" in msg and repr(bad) in msg
+    assert (f"did you mean {valid!r}?" in msg) if valid else "did you mean" not in msg
+    assert all(o in msg for o in get_method(method).config.options())  # the valid ones are listed
+    assert isinstance(ei.value, ValueError) and isinstance(ei.value, fxprune.FxPruneError)
+    assert_unchanged(m, snap, X)
+    assert (m.c1.out_channels, m.c2.in_channels, m.c2.out_channels) == (8, 8, 6)
+
+
+def test_a_method_option_of_the_wrong_type_names_the_option():
+    from fxprune.errors import MethodOptionError
+
+    m = net()
+    snap = state_snapshot(m)
+    with pytest.raises(MethodOptionError, match=r"method 'taylor': option taylor_batches='many' must be an int"):
+        fxprune.prune(m, X, method="taylor", flops=0.5, data=[], taylor_batches="many")
+    assert_unchanged(m, snap, X)
+
+
 def test_boundary_budgets_are_accepted():
     m = net()
     for kw in ({"ratio": 0.0}, {"flops": 1.0}, {"params": 1.0}):

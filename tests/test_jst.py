@@ -99,13 +99,13 @@ def test_resnet20_meets_the_budget_and_the_slim_model_scores_what_the_search_sco
     data = random_batches()
     gm, ga, cost, keep, plan, opts = _search(seeded_resnet20(), X, data, Budget("flops", 0.5))
     ratio = cost.flops(Survivors(ga, keep)) / cost.flops(None)
-    assert ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["jst_cost_ratio"], abs=1e-4)
-    assert len(opts["jst_searched_fractions"]) == len(opts["jst_thresholds"]) > 10
-    assert len(opts["jst_log"]) == 1 and len(opts["jst_coarse_loss"]) == 1 and opts["jst_search_s"] > 0
-    assert opts["jst_candidates_scored"] >= 2
+    assert ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["cost_ratio"], abs=1e-4)
+    assert len(opts["searched_fractions"]) == len(opts["thresholds"]) > 10
+    assert len(opts["log"]) == 1 and len(opts["coarse_loss"]) == 1 and opts["search_s"] > 0
+    assert opts["candidates_scored"] >= 2
     slim, _ = assert_slim_equals_masked(gm.eval(), X, plan)
     held = batches_after(data, 2, 2, torch.device("cpu"))  # after the 2 calibration batches
-    assert score_batches(slim, held) == pytest.approx(opts["jst_best_accuracy"], abs=1e-4)
+    assert score_batches(slim, held) == pytest.approx(opts["best_accuracy"], abs=1e-4)
 
 
 def test_prune_with_jst_on_the_cifar_subset_is_deterministic_and_replays():
@@ -118,7 +118,7 @@ def test_prune_with_jst_on_the_cifar_subset_is_deterministic_and_replays():
     res = runs[0]
     assert res.report.flops_ratio <= 0.5 and res.report.search["seconds"] > 0
     assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
-    assert fxprune.PruningPlan.from_json(res.plan.to_json()).method_options == res.plan.method_options
+    assert fxprune.PruningPlan.from_json(res.plan.to_json()).search == res.plan.search
     assert_slim_equals_masked(seeded_resnet20(), X, res.plan)
 
 
@@ -162,7 +162,7 @@ def test_search_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(JSTSearch, "_search_epoch", real)
     torch.manual_seed(7)
     resumed = _search(resnet20().eval(), X, data, Budget("flops", 0.5), jst_checkpoint=str(ckpt), **options)
-    assert resumed[3] == whole[3] and resumed[5]["jst_log"] == whole[5]["jst_log"]
+    assert resumed[3] == whole[3] and resumed[5]["log"] == whole[5]["log"]
     with pytest.raises(ValueError, match="belongs to another search"):
         _search(seeded_resnet20(), X, data, Budget("flops", 0.4), jst_checkpoint=str(ckpt), **options)
 
@@ -224,5 +224,7 @@ def test_final_choice_is_grown_to_the_budget_unless_told_not_to():
         gm, ga, cost, keep, plan, opts = _search(seeded_resnet20(), X, data, Budget("flops", 0.5),
                                                  jst_fill_budget=fill)
         ratios[fill] = cost.flops(Survivors(ga, keep)) / cost.flops(None)
-    assert ratios[False] < 0.46  # sampled sub-networks land under the budget (0.44 here)
+    # sampled sub-networks land under the budget (0.44 on one machine, 0.462 on another: the float sums of
+    # the search differ by CPU), and filling grows the choice to it
+    assert ratios[False] < min(0.47, ratios[True] - 0.02)
     assert 0.49 < ratios[True] <= 0.5 + 1e-6

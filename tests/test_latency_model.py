@@ -167,7 +167,7 @@ def test_tas_searches_against_a_latency_budget():
     res = fxprune.prune(get_cifar_model("resnet20"), X[:1], method="tas", latency=0.6, target=_target(), data=data,
                         tas_epochs=1, tas_progress=False, device="cpu")
     assert res.plan.achieved["latency_predicted"] <= 0.6 + 1e-9
-    assert res.plan.method_options["tas_searched_fractions"]
+    assert res.plan.search["searched_fractions"]
 
 
 def test_tas_honours_round_to():

@@ -91,9 +91,9 @@ def test_resnet20_meets_the_window_and_the_slim_model_scores_what_the_pruningnet
     data = _data()
     gm, ga, cost, keep, plan, opts = _search(_resnet(), X, data, Budget("flops", 0.5))
     ratio = cost.flops(Survivors(ga, keep)) / cost.flops(None)
-    assert 0.45 - 1e-6 <= ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["metapruning_cost_ratio"], abs=1e-4)
-    assert len(opts["metapruning_searched_fractions"]) == len(opts["metapruning_searched_fractions"]) > 10
-    assert len(opts["metapruning_log"]) == 2 and opts["metapruning_search_s"] > 0
+    assert 0.45 - 1e-6 <= ratio <= 0.5 + 1e-6 and ratio == pytest.approx(opts["cost_ratio"], abs=1e-4)
+    assert len(opts["searched_fractions"]) == len(opts["searched_fractions"]) > 10
+    assert len(opts["log"]) == 2 and opts["search_s"] > 0
     slim, _ = assert_slim_equals_masked(gm.eval(), X, plan)
     correct, loss, n = 0, 0.0, 0
     with torch.no_grad():  # the held-out batches are those after the 2 calibration batches
@@ -101,7 +101,7 @@ def test_resnet20_meets_the_window_and_the_slim_model_scores_what_the_pruningnet
             logits = slim(x)
             correct, n = correct + int((logits.argmax(1) == y).sum()), n + len(y)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
-    assert correct / n - 1e-6 * loss / n == pytest.approx(opts["metapruning_best_accuracy"], abs=1e-4)
+    assert correct / n - 1e-6 * loss / n == pytest.approx(opts["best_accuracy"], abs=1e-4)
 
 
 def test_prune_with_metapruning_on_the_cifar_subset_is_deterministic_and_replays():
@@ -114,7 +114,7 @@ def test_prune_with_metapruning_on_the_cifar_subset_is_deterministic_and_replays
     res = runs[0]
     assert res.report.flops_ratio <= 0.5
     assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
-    assert fxprune.PruningPlan.from_json(res.plan.to_json()).method_options == res.plan.method_options
+    assert fxprune.PruningPlan.from_json(res.plan.to_json()).search == res.plan.search
     kept = [d.keep for d in res.plan.groups if len(d.keep) < d.size]
     assert kept and all(k == list(range(len(k))) for k in kept)  # MetaPruning keeps each layer's first channels
 
@@ -165,7 +165,7 @@ def test_pruningnet_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert resumed[3] == whole
     again = _search(resnet20().eval(), X, data, Budget("flops", 0.5), metapruning_epochs=2,  # all of it saved
                     metapruning_checkpoint=str(ckpt))
-    assert again[3] == whole and again[5]["metapruning_cost_ratio"] == resumed[5]["metapruning_cost_ratio"]
+    assert again[3] == whole and again[5]["cost_ratio"] == resumed[5]["cost_ratio"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -258,7 +258,7 @@ def test_from_scratch_finetune_reinitialises_the_slim_model():
 
 
 def test_a_search_backend_decides_the_kept_channels_itself():
-    from fxprune.methods.registry import _METHODS, register_method
+    from fxprune.methods.registry import METHODS, register_method
 
     calls = []
 
@@ -276,4 +276,82 @@ def test_a_search_backend_decides_the_kept_channels_itself():
         assert widths["conv1 output"] == 3 and widths["conv2 output"] == 4
         assert_slim_equals_masked(m, X, res)
     finally:
-        _METHODS.pop("first-half")
+        METHODS.pop("first-half")
+
+
+def test_method_configs_hold_the_old_defaults_and_the_typed_values_reach_the_methods():
+    from fxprune.methods import method_config
+    from fxprune.methods.dcp.method import DcpConfig
+    from fxprune.methods.jst.method import JstConfig
+    from fxprune.methods.jst.train import JSTConfig
+    from fxprune.methods.metapruning.method import FRACTIONS, MetaPruningConfig
+    from fxprune.methods.search.widths import DEFAULT_FRACTIONS
+    from fxprune.methods.tas.method import TasConfig
+    from fxprune.methods.tas.train import SearchConfig
+
+    tas = TasConfig()
+    assert (tas.tas_epochs, tas.tas_lr, tas.tas_tau, tas.tas_fractions, tas.tas_depth, tas.tas_inherit,
+            tas.seed) == (1, 0.1, (5.0, 0.1), DEFAULT_FRACTIONS, True, False, 0)
+    assert tas.search_config() == SearchConfig()  # the search loop's own defaults
+    assert JstConfig().train_config() == JSTConfig()
+    assert (JstConfig().jst_init, JstConfig().jst_calib_batches, JstConfig().jst_fill_budget) == ("model", 4, True)
+    dcp = DcpConfig()
+    assert (dcp.dcp_heads, dcp.dcp_head_epochs, dcp.dcp_lambda, dcp.dcp_batches, dcp.dcp_reconstruct,
+            dcp.dcp_score, dcp.progress) == (3, 1, 1.0, 4, "layer", "mask", True)
+    mp = MetaPruningConfig()
+    assert (mp.metapruning_population, mp.metapruning_lr, mp.metapruning_window, mp.metapruning_init,
+            mp.metapruning_fractions) == (50, 0.05, 0.1, "generated", FRACTIONS)
+    assert method_config("slimming", {}).to_options() == {"sparsity": 1e-4, "sparsity_epochs": 10,
+                                                          "sparsity_train": None, "seed": 0}
+    assert method_config("taylor", {}).taylor_batches == 16 and method_config("fpgm", {}).fpgm_norm == 2
+    assert method_config("random", {}).seed == 0 and method_config("l1", {}).options() == ["seed"]
+    # option values are converted to the field's type (as the methods did by hand), None means the default
+    cfg = method_config("tas", {"tas_epochs": 2.0, "tas_lr": 1, "tas_fractions": [0.5, 1], "tas_batches": None})
+    assert (cfg.tas_epochs, cfg.tas_lr, cfg.tas_fractions, cfg.tas_batches) == (2, 1.0, (0.5, 1.0), None)
+    assert method_config("jst", {"jst_lr": None}).jst_lr == JSTConfig().lr
+    with pytest.raises(ValueError, match="dcp_score='grad'"):
+        method_config("dcp", {"dcp_score": "grad"})
+    from fxprune.methods.registry import METHODS, MethodBackend
+
+    seen = []
+    spy = MethodBackend("spy", None, "spy", config=TasConfig, search=lambda inp, *a: seen.append(inp.config) or {})
+    with METHODS.override("spy", spy):  # prune builds the config and hands it over
+        fxprune.prune(_model(), X, method="spy", flops=0.5, tas_epochs="3")
+    assert isinstance(seen[0], TasConfig) and seen[0].tas_epochs == 3
+
+
+def test_a_search_only_method_returns_a_search_result_that_lands_in_the_plan(tmp_path):
+    from dataclasses import dataclass
+
+    from fxprune.methods import MethodConfig, SearchResult, method_summaries, register_search
+    from fxprune.methods.registry import METHODS, get_method
+    from fxprune.registry import RegistryError
+
+    @dataclass
+    class HalfConfig(MethodConfig):
+        half_fraction: float = 0.5
+
+    @register_search("halves", "keeps a fraction of every group (test)", config=HalfConfig)
+    def halves(inp, budget, cost, ignored):
+        f = inp.config.half_fraction
+        keep = {g.id: list(range(max(1, int(g.size * f)))) for g in inp.ga.groups
+                if g.prunable and not g.frozen and g.id not in ignored}
+        return SearchResult(keep, log={"fraction": f, "groups": sorted(keep)}, timings={"search": 0.25})
+
+    try:
+        assert "halves" in fxprune.list_methods() and get_method("halves").score is None
+        assert method_summaries()["halves"] == "keeps a fraction of every group (test)"
+        res = fxprune.prune(_model(), X, method="halves", flops=0.9, half_fraction=0.5)
+        assert res.plan.search == {"fraction": 0.5, "groups": res.plan.search["groups"], "search_s": 0.25}
+        assert res.plan.method_options == {"half_fraction": 0.5}  # what the user passed, not the results
+        res.plan.save(tmp_path / "plan.json")
+        assert fxprune.PruningPlan.load(tmp_path / "plan.json") == res.plan
+        with pytest.raises(ValueError, match="did you mean 'half_fraction'"):
+            fxprune.prune(_model(), X, method="halves", flops=0.9, half_fractoin=0.5)
+        with pytest.raises(RegistryError, match="'halves' is already registered"):
+            register_search("halves", "again (test)")(halves)
+        with pytest.raises(ValueError, match="searches for its decision"):
+            from fxprune.stages import prepare, score
+            score(prepare(_model(), X), "halves")
+    finally:
+        METHODS.unregister("halves")

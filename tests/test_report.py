@@ -106,8 +106,8 @@ def test_report_shows_the_search_cost_and_a_tas_search_figure(pruned, tmp_path):
     res = copy.deepcopy(pruned)
     groups = [d.id for d in res.plan.groups if len(d.keep) < d.size]
     res.plan.method = "tas"
-    res.plan.method_options = {"tas_searched_fractions": [[g, 0.6] for g in groups],
-                               "tas_log": [[1, 1.4], [2, 1.1], [3, 0.98]]}
+    res.plan.search = {"searched_fractions": [[g, 0.6] for g in groups],
+                       "log": [[1, 1.4], [2, 1.1], [3, 0.98]]}
     res.report.search = {"seconds": 90.0, "device": "cuda:0", "gpu_minutes": 1.5}
     page = render_report(make_run(tmp_path / "run", res)).read_text()
     assert "90.00 s on cuda:0 (1.500 GPU-minutes)" in page
@@ -118,15 +118,42 @@ def test_report_shows_the_search_cost_and_a_tas_search_figure(pruned, tmp_path):
 
 
 @pytest.mark.parametrize("method, widths, curve", [
-    ("jst", "jst_searched_fractions", "jst_log"), ("metapruning", "metapruning_searched_fractions", "metapruning_log")])
+    ("jst", "searched_fractions", "log"), ("metapruning", "searched_fractions", "log")])
 def test_every_width_search_gets_a_search_figure(pruned, tmp_path, method, widths, curve):
     import copy
 
     res = copy.deepcopy(pruned)
     res.plan.method = method
-    res.plan.method_options = {widths: [[d.id, 0.5] for d in res.plan.groups], curve: [[1, -2.1], [2, -1.7]]}
+    res.plan.search = {widths: [[d.id, 0.5] for d in res.plan.groups], curve: [[1, -2.1], [2, -1.7]]}
     assert 'src="figures/search.png"' in render_report(make_run(tmp_path / "run", res)).read_text()
     _assert_png(tmp_path / "run" / "figures" / "search.png")
+
+
+def test_a_plan_saved_before_plan_search_loads_with_its_search_record(pruned, tmp_path):
+    import copy
+
+    from fxprune.report.load import load_run
+    from fxprune.types import LEGACY_SEARCH_KEYS
+
+    res = copy.deepcopy(pruned)
+    groups = [d.id for d in res.plan.groups if len(d.keep) < d.size]
+    root = make_run(tmp_path / "old", res)
+    old = json.loads((root / "plan.json").read_text())  # format 1: the search's record among the options
+    del old["search"]
+    old.update(method="tas", format=1, method_options={
+        "tas_epochs": 3, "tas_searched_fractions": [[g, 0.6] for g in groups], "tas_log": [[1, 1.2], [2, 0.97]],
+        "tas_searched_depths": [["add", 2, 3]], "tas_search_s": 12.5})
+    (root / "plan.json").write_text(json.dumps(old))
+    run = load_run(root)
+    assert run.plan.method_options == {"tas_epochs": 3}
+    assert run.search == run.plan.search == {"searched_fractions": [[g, 0.6] for g in groups],
+                                             "log": [[1, 1.2], [2, 0.97]], "searched_depths": [["add", 2, 3]],
+                                             "search_s": 12.5}
+    assert fxprune.PruningPlan.from_json(run.plan.to_json()) == run.plan  # saved again: the new format
+    assert LEGACY_SEARCH_KEYS["jst_cost_ratio"] == "cost_ratio" and LEGACY_SEARCH_KEYS["dcp_points"] == "points"
+    page = render_report(root).read_text()
+    assert 'src="figures/search.png"' in page and "12.5" in page
+    _assert_png(root / "figures" / "search.png")
 
 
 def test_report_escapes_strings(pruned, tmp_path):

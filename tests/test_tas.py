@@ -163,11 +163,11 @@ def test_tas_on_resnet20_with_the_cifar10_subset_meets_the_budget_and_is_determi
     res = runs[0]
     assert res.report.flops_ratio <= 0.5
     assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
-    searched = res.plan.method_options["tas_searched_fractions"]
+    searched = res.plan.search["searched_fractions"]
     assert len(searched) == len(channel_groups(prepare(_resnet(), x), set()))
     assert all(0.3 <= f <= 1.0 for _, f in searched)
     assert_slim_equals_masked(_resnet(), x, res)
-    assert fxprune.PruningPlan.from_json(res.plan.to_json()).method_options == res.plan.method_options
+    assert fxprune.PruningPlan.from_json(res.plan.to_json()).search == res.plan.search
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "vit"])
@@ -193,7 +193,7 @@ def test_tas_params_budget_and_option_errors():
     data = _random_data((1, 3, 32, 32), n=2)
     res = _tas(_resnet(), x, data, params=0.5, tas_fractions=[0.5, 1.0])
     assert res.report.params_ratio <= 0.5
-    assert {f for _, f in res.plan.method_options["tas_searched_fractions"]} <= {0.5, 1.0}
+    assert {f for _, f in res.plan.search["searched_fractions"]} <= {0.5, 1.0}
     with pytest.raises(ValueError, match="params= or latency="):
         _tas(_resnet(), x, data, ratio=0.5)
     with pytest.raises(ValueError, match="needs training data"):
@@ -208,7 +208,7 @@ def test_tas_keeps_ignored_groups_and_frozen_channels():
     first = channel_groups(ga, set())[0]
     res = _tas(_resnet(), x, _random_data((1, 3, 32, 32), n=2), flops=0.5, ignore=[first])
     assert res.plan.groups[first].keep == list(range(ga.groups[first].size))
-    assert first not in {gid for gid, _ in res.plan.method_options["tas_searched_fractions"]}
+    assert first not in {gid for gid, _ in res.plan.search["searched_fractions"]}
     assert res.report.flops_ratio <= 0.5
 
 
@@ -276,12 +276,12 @@ def test_tas_trains_one_affine_pair_per_width_and_inherits_the_most_probable_one
     rows = norms["bn1"].weight.detach()
     assert (rows - rows[0]).abs().max() > 1e-5  # the candidates' affine pairs were trained apart
     norm = norms["bn1"]
-    gid, fraction = res.plan.method_options["tas_searched_fractions"][norm.row]
+    gid, fraction = res.plan.search["searched_fractions"][norm.row]
     k = [round(0.3 + 0.1 * i, 1) for i in range(8)].index(fraction)
     keep = next(d.keep for d in res.plan.groups if d.id == gid)
     torch.testing.assert_close(res.model.bn1.weight, norm.weight[k][keep].detach())
     off = _tas(_resnet(), x, _random_data((1, 3, 32, 32), n=4), flops=0.5, tas_per_width_bn=False)
-    assert off.plan.method_options.get("tas_searched_fractions")
+    assert off.plan.search.get("searched_fractions")
 
 
 class _Interrupt(Exception):
@@ -323,8 +323,10 @@ def test_an_interrupted_tas_search_resumes_from_its_checkpoint_to_the_same_plan(
     assert ckpt.exists()
     resumed = _tas(_resnet(), x, data, flops=0.5, tas_epochs=3, tas_checkpoint=str(ckpt))
     assert [d.keep for d in resumed.plan.groups] == [d.keep for d in whole.plan.groups]
-    assert resumed.plan.method_options["tas_log"] == whole.plan.method_options["tas_log"]
-    assert resumed.plan.method_options["tas_search_s"] >= 0
+    assert resumed.plan.search["log"] == whole.plan.search["log"]
+    # the resumed search ran its last epochs: its time is recorded, and within the decision's wall time
+    assert 0 < resumed.plan.search["search_s"] <= resumed.report.search["seconds"]
+    assert 0 < whole.plan.search["search_s"] <= whole.report.search["seconds"]
     with pytest.raises(ValueError, match="belongs to another search.*differs in: budget"):
         _tas(_resnet(), x, data, flops=0.4, tas_epochs=3, tas_checkpoint=str(ckpt))
 
@@ -384,7 +386,7 @@ def test_tas_depth_search_removes_blocks_and_the_plan_replays():
     x = torch.randn(1, 3, 32, 32)
     train, _ = cifar10_loaders(batch_size=32, train_limit=128, test_limit=10, seed=0)
     res = _tas(_resnet(), x, train, flops=0.35, tas_epochs=2, tas_arch_lr=0.2)
-    depths = res.plan.method_options["tas_searched_depths"]
+    depths = res.plan.search["searched_depths"]
     assert [n for _, _, n in depths] == [3, 2, 2] and all(1 <= d <= n for _, d, n in depths)
     assert len(res.plan.skipped_blocks) == sum(n - d for _, d, n in depths) > 0
     assert res.report.flops_ratio <= 0.35
@@ -394,7 +396,7 @@ def test_tas_depth_search_removes_blocks_and_the_plan_replays():
     slim = fxprune.apply_plan(_resnet(), x, plan)
     assert torch.allclose(slim(x), res.model(x), atol=1e-6)
     widths_only = _tas(_resnet(), x, train, flops=0.35, tas_epochs=2, tas_arch_lr=0.2, tas_depth=False)
-    assert widths_only.plan.skipped_blocks == [] and "tas_searched_depths" not in widths_only.plan.method_options
+    assert widths_only.plan.skipped_blocks == [] and "searched_depths" not in widths_only.plan.search
 
 
 def test_removing_blocks_keeps_the_slim_model_trainable_with_in_place_activations():

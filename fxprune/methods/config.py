@@ -90,10 +90,16 @@ class MethodConfig:
         """{option key: value} of every option (values as they are, not copied)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def changed_options(self) -> dict[str, Any]:
+        """{option key: value} of the options that differ from the defaults (what a plan records)."""
+        default = type(self)()
+        return {k: v for k, v in self.to_options().items() if v != getattr(default, k)}
+
 
 @dataclass
 class SeedOption(MethodConfig):
-    """`seed`: the random seed of a method that draws random numbers."""
+    """`seed`: the random seed of a method that draws random numbers. Every built-in method accepts it (those
+    that draw none ignore it), so one seed can be passed whatever the method."""
 
     seed: int = 0
 
@@ -107,8 +113,8 @@ class SearchOptions(SeedOption):
 
 def _unknown(method: str, key: str, valid: list[str]) -> str:
     if not valid:
-        return (f"method {method!r} takes no options, got {key!r}. A method declares its options with a config "
-                f"dataclass: register_method(..., config=MyConfig) (see docs/extending.md).")
+        return (f"method {method!r} takes no options, got {key!r} (a method's options are the fields of the config "
+                f"dataclass it is registered with: register_method(..., config=...)).")
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"method {method!r} has no option {key!r}{hint}. Its options: {', '.join(valid)}."

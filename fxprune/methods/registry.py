@@ -24,6 +24,7 @@ from fxprune.analysis.analyse import GraphAnalysis
 from fxprune.errors import UnknownMethodError
 from fxprune.methods.config import MethodConfig
 from fxprune.methods.result import SearchResult
+from fxprune.registry import Registry
 
 if TYPE_CHECKING:
     from fxprune.cost.model import CostModel
@@ -79,17 +80,17 @@ class MethodBackend:
     config: type[MethodConfig] = MethodConfig
 
 
-_METHODS: dict[str, MethodBackend] = {}
+METHODS: Registry[str, MethodBackend] = Registry("methods")
 
 
 def register_method(name: str, summary: str, *, needs_data: bool = False, scope: str = "global",
                     prepare: Preparer | None = None, search: Searcher | None = None,
-                    config: type[MethodConfig] = MethodConfig) -> Callable[[Scorer], Scorer]:
+                    config: type[MethodConfig] = MethodConfig, override: bool = False) -> Callable[[Scorer], Scorer]:
     """Register a scoring function under `name` (see docs/extending.md for a worked example).
 
     `config` is the method's options dataclass (a `MethodConfig` subclass; the default takes no options); the
     backend reads them as `inp.config.<field>`. With `search=` the method is registered at once (no scorer
-    needed; decorating a scorer as well adds it).
+    needed; decorating a scorer as well adds it). A name that is taken is refused unless `override=True`.
 
     >>> import numpy as np
     >>> from dataclasses import dataclass
@@ -103,16 +104,22 @@ def register_method(name: str, summary: str, *, needs_data: bool = False, scope:
     ...     return {g.id: sign * np.arange(g.size, dtype=float) for g in inp.ga.groups}
     >>> get_method("first").scope, method_config("first", {"first_reverse": True})
     ('local', FirstConfig(first_reverse=True))
-    >>> _ = _METHODS.pop("first")
+    >>> _ = METHODS.unregister("first")
     """
     if scope not in SCOPES:
         raise ValueError(f"register_method({name!r}): scope must be one of {SCOPES}, got {scope!r}.")
     if not (isinstance(config, type) and issubclass(config, MethodConfig)):
         raise TypeError(f"register_method({name!r}): config must be a MethodConfig dataclass, got {config!r}.")
 
+    made: list[MethodBackend] = []
+
     def add(fn: Scorer | None) -> None:
-        _METHODS[name] = MethodBackend(name, _configured(fn, name, config), summary, needs_data, scope,
-                                       _configured(prepare, name, config), _configured(search, name, config), config)
+        backend = MethodBackend(name, _configured(fn, name, config), summary, needs_data, scope,
+                                _configured(prepare, name, config), _configured(search, name, config), config)
+        if made and METHODS.get(name) is made[-1]:  # the search-only entry this call made: now with its scorer
+            METHODS.unregister(name)
+        METHODS.register(name, backend, override=override)
+        made.append(backend)
 
     if search is not None:
         add(None)
@@ -123,8 +130,8 @@ def register_method(name: str, summary: str, *, needs_data: bool = False, scope:
     return deco
 
 
-def register_search(name: str, summary: str, *, needs_data: bool = False,
-                    config: type[MethodConfig] = MethodConfig) -> Callable[[Searcher], Searcher]:
+def register_search(name: str, summary: str, *, needs_data: bool = False, config: type[MethodConfig] = MethodConfig,
+                    override: bool = False) -> Callable[[Searcher], Searcher]:
     """Register a searching method (no scorer): the decorated function returns a `SearchResult`.
 
     >>> from fxprune.methods.result import SearchResult
@@ -134,10 +141,10 @@ def register_search(name: str, summary: str, *, needs_data: bool = False,
     ...                          if g.prunable and not g.frozen and g.id not in ignored}, log={"note": "halves"})
     >>> get_method("halves").score is None, "halves" in list_methods()
     (True, True)
-    >>> _ = _METHODS.pop("halves")
+    >>> _ = METHODS.unregister("halves")
     """
     def deco(fn: Searcher) -> Searcher:
-        register_method(name, summary, needs_data=needs_data, search=fn, config=config)
+        register_method(name, summary, needs_data=needs_data, search=fn, config=config, override=override)
         return fn
     return deco
 
@@ -170,12 +177,22 @@ def method_config(name: str, options: Mapping[str, Any] | None = None) -> Method
     return get_method(name).config.from_options(options, method=name)
 
 
+def method_of_config(config: MethodConfig) -> str:
+    """The name of the one registered method whose config class `config` is (an error when none or several
+    are: pass `method=` the name and the options as keywords then)."""
+    names = sorted(k for k, b in METHODS.items() if b.config is type(config))
+    if len(names) != 1:
+        which = f"methods {', '.join(names)} share it" if names else "no registered method uses it"
+        raise ValueError(f"{type(config).__name__}: {which}; pass method=NAME and its options as keywords.")
+    return names[0]
+
+
 def get_method(name: str) -> MethodBackend:
-    if name not in _METHODS:
+    if name not in METHODS:
         raise UnknownMethodError(
-            f"unknown pruning method '{name}'. Registered methods: {', '.join(sorted(_METHODS))}. "
+            f"unknown pruning method '{name}'. Registered methods: {', '.join(METHODS.list())}. "
             f"Register new ones with fxprune.register_method(name, summary).")
-    return _METHODS[name]
+    return METHODS[name]
 
 
 def list_methods() -> list[str]:
@@ -184,8 +201,8 @@ def list_methods() -> list[str]:
     >>> {"l1", "l2", "random", "fpgm", "taylor", "slimming", "uniform"} <= set(list_methods())
     True
     """
-    return sorted(_METHODS)
+    return METHODS.list()
 
 
 def method_summaries() -> dict[str, str]:
-    return {k: v.summary for k, v in sorted(_METHODS.items())}
+    return {k: METHODS[k].summary for k in METHODS.list()}

@@ -106,31 +106,31 @@ def budget_figure(run: RunData) -> Any:
 
 @dataclass(frozen=True)
 class SearchTrace:
-    """Where a searching method records its widths and its search curve in `plan.method_options`."""
+    """How a searching method's record (`plan.search`) is drawn: its widths and its search curve."""
 
-    widths: str  # [[group id, searched width fraction], ...]
-    curve: str  # [[step, value], ...]
     xlabel: str
     ylabel: str
     reference: float | None = None  # a horizontal line (the budget)
+    widths: str = "searched_fractions"  # [[group id, searched width fraction], ...]
+    curve: str = "log"  # [[step, value], ...]
 
 
-SEARCH_TRACES: dict[str, SearchTrace] = {
-    "tas": SearchTrace("tas_searched_fractions", "tas_log", "search epoch", "argmax cost / budget", 1.0),
-    "metapruning": SearchTrace("metapruning_searched_fractions", "metapruning_log", "EA iteration",
-                               "best candidate score"),
-    "jst": SearchTrace("jst_searched_fractions", "jst_log", "search epoch", "mean sub-network reward"),
+SEARCH_TRACES: dict[str, SearchTrace] = {  # by method; another method's searched widths get DEFAULT_TRACE
+    "tas": SearchTrace("search epoch", "argmax cost / budget", 1.0),
+    "metapruning": SearchTrace("EA iteration", "best candidate score"),
+    "jst": SearchTrace("search epoch", "mean sub-network reward"),
 }
+DEFAULT_TRACE = SearchTrace("search step", "value")
 
 
 def search_figure(run: RunData) -> Any:
     """A width search (TAS, MetaPruning, JST): each group's searched width fraction beside the kept fraction
     after the budget fit and repair, and the method's search curve."""
-    opts = run.plan.method_options
-    trace = next((t for t in SEARCH_TRACES.values() if opts.get(t.widths)), None)
-    if trace is None:
+    record = run.search
+    trace = SEARCH_TRACES.get(run.plan.method, DEFAULT_TRACE)
+    if not record.get(trace.widths):
         return None
-    searched = opts[trace.widths]
+    searched = record[trace.widths]
     sizes = {d.id: (d.size, len(d.keep)) for d in run.plan.groups}
     fig = _figure(min(max(7.0, 0.22 * len(searched) + 4), 18.0), 3.8)
     ax, ax_log = fig.add_subplot(1, 3, (1, 2)), fig.add_subplot(1, 3, 3)
@@ -142,7 +142,7 @@ def search_figure(run: RunData) -> Any:
     ax.set_xticks(x[::step], [str(g) for g, _ in searched][::step], fontsize=7)
     ax.set(xlabel="channel group", ylabel="width fraction", ylim=(0, 1.05), title="Searched widths")
     ax.legend(fontsize=8)
-    log = opts.get(trace.curve) or []
+    log = record.get(trace.curve) or []
     ax_log.plot([e for e, _ in log], [r for _, r in log], marker=".", color=SLIM)
     if trace.reference is not None:
         ax_log.axhline(trace.reference, color=FROZEN, linestyle="--", linewidth=1)

@@ -36,6 +36,12 @@ class RunData:
         return [TrainHistory.from_dict(h) for h in self.run.get("history") or []]
 
     @property
+    def search(self) -> dict[str, Any]:
+        """A searching method's record: searched widths, curves, `search_s`, ... ({} for a scoring method).
+        Plans written before `PruningPlan.search` existed load with it moved out of the method options."""
+        return self.plan.search
+
+    @property
     def latency(self) -> dict[str, Any]:
         """{"device", "batch", "dense_ms", "slim_ms"} or {} when the run did not time the models."""
         lat = self.run.get("latency") or {}

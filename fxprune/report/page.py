@@ -122,6 +122,16 @@ CAPTIONS = {
 }
 
 
+def search_section(run: RunData, figures: dict[str, str]) -> str:
+    """A searching method's record (`plan.search`): its scalars and short lists; the searched widths and the
+    search curve are drawn in the search figure."""
+    rows = [[key, ", ".join(map(str, value)) if isinstance(value, list) else value]
+            for key, value in sorted(run.search.items())
+            if not isinstance(value, (list, dict)) or (isinstance(value, list) and len(value) <= 12 and
+                                                        not any(isinstance(v, (list, dict)) for v in value))]
+    return f"<h2>Search ({esc(run.plan.method)})</h2>" + table(["", "value"], rows, "ll") if rows else ""
+
+
 def figures_section(run: RunData, figures: dict[str, str]) -> str:
     imgs = "".join(f'<figure><img src="{esc(path)}" alt="{esc(name)} figure">'
                    f"<figcaption class=muted>{esc(CAPTIONS.get(name, ''))}</figcaption></figure>"
@@ -157,7 +167,7 @@ def files_section(run: RunData, figures: dict[str, str]) -> str:
 
 
 SECTIONS: dict[str, Callable[[RunData, dict[str, str]], str]] = {
-    "header": header, "summary": summary, "figures": figures_section, "plan": plan_section,
+    "header": header, "summary": summary, "search": search_section, "figures": figures_section, "plan": plan_section,
     "history": history_section, "files": files_section,
 }
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 
 from fxprune.analysis.context import NodeFacts
 

@@ -3,7 +3,7 @@
 Zhuang et al., "Discrimination-aware Channel Pruning for Deep Neural Networks", NeurIPS 2018 (see
 docs/methods/dcp.md). Phase 1 fine-tunes the network together with auxiliary classifiers placed at evenly
 spaced points of the graph (dcp_heads.py). Phase 2 goes point by point from input to output; every
-prunable channel group whose last consumer lies in the current segment is selected greedily (dcp_select.py)
+prunable channel group whose last consumer lies in the current segment is selected greedily (select.py)
 with the loss = the point's head CE + `dcp_lambda` x MSE(pruned vs dense outputs of the group's consumer
 ops, the paper's reconstruction; or of the point itself with dcp_reconstruct="point").
 The number of channels each group keeps comes from one common kept fraction bisected with the cost model

@@ -103,11 +103,6 @@ class JstConfig(SearchOptions):
                             if f.name != "progress"}, progress=self.progress)
 
 
-def config_of(options: dict) -> JSTConfig:
-    """The training settings for JST's keyword options."""
-    return JstConfig.from_options(options, method="jst").train_config()
-
-
 def jst_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> SearchResult:
     t0 = time.perf_counter()
     data = search_data(require_data(inp, "jst", "the network, its channel weights and ThresNet are trained on "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fxprune.methods.config import MethodConfig
+from fxprune.methods.config import SeedOption
 from fxprune.methods.scorers.magnitude import param_channel_scores, split_by_group
 from fxprune.methods.registry import ScoreInput, register_method
 
@@ -30,7 +30,7 @@ def distance_sums(flat: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class FPGMConfig(MethodConfig):
+class FPGMConfig(SeedOption):
     fpgm_norm: float = 2.0  # the p of the distances between filters (2: Euclidean, as the paper)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fxprune.methods.config import MethodConfig, SeedOption
+from fxprune.methods.config import SeedOption
 from fxprune.methods.registry import ScoreInput, register_method
 
 SliceScore = Callable[[torch.Tensor], torch.Tensor]  # (positions, features) -> (positions,)
@@ -53,7 +53,7 @@ def split_by_group(inp: ScoreInput, total: np.ndarray) -> dict[int, np.ndarray]:
 
 
 @dataclass
-class MagnitudeConfig(MethodConfig):
+class MagnitudeConfig(SeedOption):
     """l1 and l2 take no options."""
 
 

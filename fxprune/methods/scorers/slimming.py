@@ -28,7 +28,7 @@ from torch import nn
 from fxprune.methods.scorers.magnitude import magnitude_scores, param_channel_scores, split_by_group
 from fxprune.methods.registry import ScoreInput, register_method
 from fxprune.methods.calibration import require_data
-from fxprune.methods.config import MethodConfig
+from fxprune.methods.config import SeedOption
 
 if TYPE_CHECKING:
     from fxprune.train import TrainConfig
@@ -40,7 +40,7 @@ DEFAULT_EPOCHS = 10
 
 
 @dataclass
-class SlimmingConfig(MethodConfig):
+class SlimmingConfig(SeedOption):
     sparsity: float = DEFAULT_SPARSITY  # lambda of the L1 penalty on the norm scales
     sparsity_epochs: int = DEFAULT_EPOCHS  # 0: select by the current scales (no sparsity phase)
     sparsity_train: TrainConfig | None = None  # the phase's TrainConfig (its epochs: sparsity_epochs)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fxprune.rewrite.masks import insert_masks
 from fxprune.train.losses import logits_of
 from fxprune.methods.calibration import batches, require_data
-from fxprune.methods.config import MethodConfig
+from fxprune.methods.config import SeedOption
 from fxprune.methods.scorers.magnitude import split_by_group
 from fxprune.methods.registry import ScoreInput, register_method
 
@@ -28,7 +28,7 @@ DEFAULT_BATCHES = 16
 
 
 @dataclass
-class TaylorConfig(MethodConfig):
+class TaylorConfig(SeedOption):
     taylor_batches: int = DEFAULT_BATCHES  # calibration batches of `data` the importances are averaged over
 
 

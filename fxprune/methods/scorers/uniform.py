@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxprune.methods.config import MethodConfig
+from fxprune.methods.config import SeedOption
 from fxprune.methods.registry import ScoreInput, register_method
 
 
 @dataclass
-class UniformConfig(MethodConfig):
+class UniformConfig(SeedOption):
     """uniform takes no options."""
 
 

@@ -89,24 +89,19 @@ class TasConfig(SearchOptions):
             progress=self.tas_progress and self.progress)
 
 
-def search_config(options: dict) -> SearchConfig:
-    """The search loop's settings for TAS's keyword options."""
-    return TasConfig.from_options(options, method="tas").search_config()
-
-
 def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> SearchResult:
     data = search_data(require_data(inp, "tas", "the width distributions and the weights are trained on batches"),
                        "data")
     require_cost_budget(inp, budget, "tas")
-    options: TasConfig = inp.config
-    cfg = options.search_config()
+    o: TasConfig = inp.config
+    cfg = o.search_config()
     ga = inp.ga
     gids = channel_groups(ga, ignored)
-    fractions = options.tas_fractions
+    fractions = o.tas_fractions
     space = WidthSpace.build(ga, gids, magnitude_scores(inp, 1), fractions, inp.round_to)
     measure = cost.measure(budget.kind)
     target = budget.value * measure(None)
-    seed = options.seed
+    seed = o.seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gated, gates = install_gates(inp.gm, ga)
@@ -119,7 +114,7 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> SearchResult:
         depth = _depth_search(inp, budget, gated, device, generator)
         blocks = depth.space.term_blocks(inp.gm, cost, budget.kind) if depth is not None else None
         expected = ExpectedCost(ga, terms, blocks).to(device)
-        checkpoint = SearchCheckpoint(options.tas_checkpoint, "tas", _fingerprint(
+        checkpoint = SearchCheckpoint(o.tas_checkpoint, "tas", _fingerprint(
             ga, gids, fractions, cfg, budget, seed, inp.round_to, depth.space.sizes if depth is not None else []))
         t0 = time.perf_counter()
         log = search(gated, gates, space, expected, alpha, data, target, fixed, cfg, generator, checkpoint, depth,
@@ -127,7 +122,7 @@ def tas_search(inp: ScoreInput, budget, cost, ignored: set) -> SearchResult:
         broadcast_state(gated)  # a distributed search: rank 0's BatchNorm statistics everywhere
         seconds = time.perf_counter() - t0
     choice = {gid: int(k) for gid, k in zip(gids, alpha.detach().argmax(1).tolist())}
-    if options.tas_inherit:
+    if o.tas_inherit:
         _inherit(inp.gm, gated, norms, choice, gids)
     result = SearchResult({}, log={"searched_fractions": [[gid, fractions[k]] for gid, k in choice.items()],
                                    "log": [[r["epoch"], round(r["argmax_cost_ratio"], 4)] for r in log]},
