@@ -321,3 +321,18 @@ def run_search(method: str, model: nn.Module, x: Any, data: Any, budget: Any, **
     plan = make_plan(ga, keep, method=method, options=inp.options, budget=budget, round_to=1, strict=True, scope="global", steps=1)
     plan.search = found.record()
     return gm, ga, cost, keep, plan, plan.search
+
+
+def prune_twice_on_cifar_subset(make_model: Any, x: Any, method: str, train_limit: int, **options: Any) -> PruneResult:
+    """Prune a fresh `make_model()` twice at flops=0.5 on the same CIFAR-10 subset; assert both runs keep the same
+    channels and the plan's search record survives a JSON round trip; the first result."""
+    from fxprune.data import cifar10_loaders
+
+    runs = []
+    for _ in range(2):
+        train, _ = cifar10_loaders(batch_size=32, train_limit=train_limit, test_limit=10, seed=0)
+        runs.append(fxprune.prune(make_model(), x, method=method, flops=0.5, data=train, device="cpu", **options))
+    res = runs[0]
+    assert [d.keep for d in res.plan.groups] == [d.keep for d in runs[1].plan.groups]
+    assert fxprune.PruningPlan.from_json(res.plan.to_json()).search == res.plan.search
+    return res

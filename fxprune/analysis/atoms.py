@@ -57,24 +57,10 @@ class AtomTable:
 
     # -- union-find -----------------------------------------------------------------------
     def find(self, a: int) -> int:
-        if a == UNIT:
-            return UNIT
-        parent = self.parent
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
+        return UNIT if a == UNIT else _root(self.parent, a)
 
     def space_root(self, sid: int) -> int:
-        sp = self.space_parent
-        root = sid
-        while sp[root] != root:
-            root = sp[root]
-        while sp[sid] != root:
-            sp[sid], sid = root, sp[sid]
-        return root
+        return _root(self.space_parent, sid)
 
     def _union_spaces(self, a: int, b: int) -> None:
         ra, rb = self.space_root(self.space_of[a]), self.space_root(self.space_of[b])
@@ -254,3 +240,14 @@ class AtomTable:
 
     def frozen_reason(self, root: int) -> str | None:
         return self.frozen.get(self.find(root))
+
+
+def _root(parent: list[int], a: int) -> int:
+    """The root of `a` in a union-find forest, compressing the path on the way (both the atom and the space
+    forests use it)."""
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:
+        parent[a], a = root, parent[a]
+    return root

@@ -21,7 +21,7 @@ def register_fixer(*types: type, override: bool = False) -> Callable[[Fixer], Fi
 
     >>> from torch import nn
     >>> fixer_for(nn.Conv2d(3, 8, 3)).__name__
-    '_fix_conv'
+    'fix_conv'
     """
     def deco(fn: Fixer) -> Fixer:
         for t in types:

@@ -7,7 +7,7 @@ GraphModule), and may list on the GraphModule the submodules it could not look i
 analysis, cost model and methods read a graph only through these keys.
 
 >>> import torch, fxprune
->>> gm = fxprune.trace(torch.nn.Linear(4, 2), torch.randn(3, 4))
+>>> gm = fxprune.trace(torch.nn.Sequential(torch.nn.Linear(4, 2)), torch.randn(3, 4))
 >>> out = gm.graph.find_nodes(op="call_module")[0]
 >>> shape_of(out), flops_of(out), dtype_of(out)
 ((3, 2), 48, torch.float32)

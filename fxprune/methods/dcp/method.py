@@ -2,7 +2,7 @@
 
 Zhuang et al., "Discrimination-aware Channel Pruning for Deep Neural Networks", NeurIPS 2018 (see
 docs/methods/dcp.md). Phase 1 fine-tunes the network together with auxiliary classifiers placed at evenly
-spaced points of the graph (dcp_heads.py). Phase 2 goes point by point from input to output; every
+spaced points of the graph (heads.py). Phase 2 goes point by point from input to output; every
 prunable channel group whose last consumer lies in the current segment is selected greedily (select.py)
 with the loss = the point's head CE + `dcp_lambda` x MSE(pruned vs dense outputs of the group's consumer
 ops, the paper's reconstruction; or of the point itself with dcp_reconstruct="point").
@@ -48,17 +48,17 @@ class DcpConfig(SearchOptions):
     """DCP's options (docs/methods/dcp.md), with `seed` and `progress`."""
 
     dcp_heads: int = DEFAULT_HEADS  # losses: auxiliary heads + the final classifier
-    dcp_head_epochs: int = 1
-    dcp_lambda: float = 1.0
-    dcp_batches: int = 4
-    dcp_steps: int = 1
-    dcp_lr: float = 0.01
-    dcp_chunk: int = 1
-    dcp_adaptive: bool = False
-    dcp_epsilon: float = 1e-3
-    dcp_head_norm: bool = True
-    dcp_reconstruct: str = "layer"
-    dcp_score: str = "mask"
+    dcp_head_epochs: int = 1  # phase 1: epochs of training with the heads (0 skips it)
+    dcp_lambda: float = 1.0  # weight of the reconstruction term in phase 2's loss
+    dcp_batches: int = 4  # calibration batches the gradients are summed over
+    dcp_steps: int = 1  # SGD steps on the consumer weights after every addition
+    dcp_lr: float = 0.01  # phase 1 and the phase-2 SGD steps
+    dcp_chunk: int = 1  # channels added per greedy step (1: the paper)
+    dcp_adaptive: bool = False  # DCP-Adapt: stop a group when the loss stops improving ...
+    dcp_epsilon: float = 1e-3  # ... by this relative amount
+    dcp_head_norm: bool = True  # BN-ReLU before each head's pool (the official code)
+    dcp_reconstruct: str = "layer"  # MSE at the group's consumers ('layer') or at the point ('point')
+    dcp_score: str = "mask"  # gradient w.r.t. the input mask ('mask') or the consumer weights ('weight')
     dcp_train: TrainConfig | None = None  # the head fine-tune's TrainConfig (epochs: dcp_head_epochs)
     dcp_checkpoint: str | os.PathLike | None = None
 

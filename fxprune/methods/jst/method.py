@@ -3,10 +3,10 @@
 No pre-trained model is needed: `jst_init="scratch"` re-initialises the model first (the paper's setting);
 the default starts from the weights given.
 
-1. Every searched channel group gets a learnable weight per channel (alpha; jst_space.py). The network is
+1. Every searched channel group gets a learnable weight per channel (alpha; space.py). The network is
    trained coarsely with every channel scaled by n x softmax(alpha): cross-entropy + lambda x sum ||alpha||_2
    (`jst_coarse_epochs`; the paper: 100 on CIFAR).
-2. Search-and-training (`jst_search_epochs`; jst_train.py): ThresNet (thresnet.py) maps the alphas to one
+2. Search-and-training (`jst_search_epochs`; train.py): ThresNet (thresnet.py) maps the alphas to one
    threshold per group; the sampler perturbs alpha, ranks the channels by softmax and keeps them until their
    cumulative probability reaches the threshold. A sub-network that costs more than the budget is scaled into
    it (every group's count by one common factor). Each sub-network's weights train `jst_train_batches`

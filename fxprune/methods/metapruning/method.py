@@ -60,6 +60,9 @@ SEARCH = ("metapruning_window", "metapruning_calib_batches", "metapruning_val_ba
           "metapruning_iterations")  # the options the evolutionary search's checkpoint adds to TRAINING's
 
 
+_EVOLUTION = EvolutionConfig()  # the evolutionary search's defaults, under metapruning_ names
+
+
 @dataclass
 class MetaPruningConfig(SearchOptions):
     """MetaPruning's options (docs/methods/metapruning.md), with `seed` and `progress`."""
@@ -72,12 +75,12 @@ class MetaPruningConfig(SearchOptions):
     metapruning_window: float = 0.1
     metapruning_calib_batches: int = 4
     metapruning_val_batches: int = 4
-    metapruning_population: int = 50
-    metapruning_parents: int = 10
-    metapruning_mutations: int = 25
-    metapruning_crossovers: int = 25
-    metapruning_mutate_p: float = 0.1
-    metapruning_iterations: int = 20
+    metapruning_population: int = _EVOLUTION.population
+    metapruning_parents: int = _EVOLUTION.parents
+    metapruning_mutations: int = _EVOLUTION.mutations
+    metapruning_crossovers: int = _EVOLUTION.crossovers
+    metapruning_mutate_p: float = _EVOLUTION.mutate_p
+    metapruning_iterations: int = _EVOLUTION.iterations
     metapruning_init: str = "generated"
     metapruning_bn_affine: bool = True
     metapruning_fractions: tuple[float, ...] = FRACTIONS  # candidate widths, fractions of each group's size

@@ -5,10 +5,10 @@ categorical distribution over candidate widths (`tas_fractions` of its size, def
 are ranked by L1 importance and width w keeps the w best (channel-wise interpolation in mask form). The
 search trains a gated copy of the model (fxprune.methods.search.gates): each forward samples two widths per group
 with Gumbel-softmax and gates the channels with their probability-weighted masks; weights and width logits
-update alternately (tas_train). The result is each group's most probable width; when that architecture
+update alternately (train.py). The result is each group's most probable width; when that architecture
 misses the FLOPs (or params) budget, every group's searched width is scaled by one common factor (found by
 bisection with the cost model) until it fits. Where the graph has runs of identity-shortcut residual blocks
-(fxprune.analysis.blocks), the depth of each run is searched too (tas_depth.py; `tas_depth=False` turns it
+(fxprune.analysis.blocks), the depth of each run is searched too (depth.py; `tas_depth=False` turns it
 off; FLOPs and params budgets only) and the plan removes the blocks beyond the most probable depth.
 `tas_checkpoint=PATH` saves the search after every epoch and resumes a saved one
 (fxprune.methods.search.checkpoint). The options are the fields of `TasConfig`; the search's record in the
@@ -42,24 +42,27 @@ from fxprune.methods.tas.train import SearchConfig, search
 from fxprune.methods.search.budget_fit import shrink_to_fit
 from fxprune.methods.calibration import require_cost_budget, require_data
 
+_SEARCH = SearchConfig()  # the search loop's defaults: TasConfig's, under tas_ names
+
+
 @dataclass
 class TasConfig(SearchOptions):
     """TAS's options (docs/methods/tas.md); `seed` and `progress` as every search (`progress=False` or
     `tas_progress=False` hides the search's progress bar)."""
 
-    tas_epochs: int = 1
-    tas_batches: int | None = None  # weight + architecture batches per epoch (None: the whole data iterable)
-    tas_lr: float = 0.1
-    tas_momentum: float = 0.9
-    tas_weight_decay: float = 5e-4
-    tas_arch_lr: float = 1e-3
-    tas_arch_weight_decay: float = 1e-3
-    tas_flops_weight: float = 2.0
-    tas_tolerance: float = 0.05
-    tas_tau: tuple[float, float] = (5.0, 0.1)  # Gumbel temperature (max, min)
-    tas_tau_schedule: str = "cosine"
-    tas_samples: int = 2
-    tas_per_width_bn: bool = True
+    tas_epochs: int = _SEARCH.epochs
+    tas_batches: int | None = _SEARCH.batches  # weight + architecture batches per epoch (None: the whole data)
+    tas_lr: float = _SEARCH.lr
+    tas_momentum: float = _SEARCH.momentum
+    tas_weight_decay: float = _SEARCH.weight_decay
+    tas_arch_lr: float = _SEARCH.arch_lr
+    tas_arch_weight_decay: float = _SEARCH.arch_weight_decay
+    tas_flops_weight: float = _SEARCH.flops_weight
+    tas_tolerance: float = _SEARCH.tolerance
+    tas_tau: tuple[float, float] = (_SEARCH.tau_max, _SEARCH.tau_min)  # Gumbel temperature (max, min)
+    tas_tau_schedule: str = _SEARCH.tau_schedule
+    tas_samples: int = _SEARCH.samples
+    tas_per_width_bn: bool = _SEARCH.per_width_bn
     tas_progress: bool = True
     tas_fractions: tuple[float, ...] = DEFAULT_FRACTIONS  # candidate widths, fractions of each group's size
     tas_depth: bool = True  # search the depth of runs of identity-shortcut residual blocks too
