@@ -20,7 +20,7 @@ from fxprune.deploy import Target, optimize
 from fxprune.deploy.export import export
 from fxprune.errors import (DeployParityError, ExportParityError, FxPruneError, PlanMismatchError, RunDirError,
                             TraceError, UnsupportedOpError)
-from fxprune.methods import list_methods, register_method
+from fxprune.methods import list_methods, register_method, register_search
 from fxprune.registry import Registry
 from fxprune.report.run_dir import load, load_run_info
 from fxprune.rewrite.fixers import register_fixer
@@ -35,5 +35,5 @@ __all__ = [
     "Registry", "Report", "RunDirError", "Target", "TraceError", "UnsupportedOpError", "__version__", "analyse",
     "apply_masks", "apply_plan", "cost_model", "count_flops", "count_params", "export", "list_methods", "load",
     "load_run_info", "make_plan", "mask", "method_key", "optimize", "prepare", "prune", "register_fixer",
-    "register_method", "register_rule", "remove_masks", "score", "select", "shrink", "trace",
+    "register_method", "register_rule", "register_search", "remove_masks", "score", "select", "shrink", "trace",
 ]
