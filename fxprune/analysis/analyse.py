@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from fxprune.errors import UnsupportedOpError
 from fxprune.types import ChannelGroup, ChannelSlot, signature_of
-from fxprune.analysis.context import Analysis
+from fxprune.analysis.context import Analysis, flat_items, flat_labels
 from fxprune.analysis.labels import Labels
 from fxprune.analysis.registry import describe_target, registration_hint, rule_for_node
 from fxprune.tracing.meta import auto_leaves, dtype_of, shape_of
@@ -177,8 +177,7 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
         return rule.propagate(a, node)
     if node.op == "call_function" and isinstance(node.target, type) and (issubclass(
             node.target, (tuple, list, dict)) or is_dataclass(node.target)):
-        # building a container (a namedtuple, a dataclass / Hugging Face ModelOutput) moves nothing
-        return [a.labels(x) for x in (*node.args, *node.kwargs.values())]
+        return _container(a, node)
     labelled = [v for v in _input_labels(a, node) if v]
     if not labelled:
         return None
@@ -198,6 +197,28 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     return None
 
 
+def _container(a: Analysis, node: fx.Node) -> Any:
+    """A container the forward builds moves nothing: its value is its items' values, with the structure kept
+    (a dict for a dict subclass or a dataclass / ModelOutput, a list for a tuple / list / namedtuple), so that
+    indexing it later finds the channels and the network output freezes everything inside it."""
+    args, kwargs = a.structure(list(node.args)), a.structure(dict(node.kwargs))
+    if issubclass(node.target, dict):
+        out: dict = {}
+        for x in args:  # OrderedDict({...}), OrderedDict([(k, v), ...])
+            out.update(x if isinstance(x, dict) else {k: v for k, v in x} if isinstance(x, list) and all(
+                isinstance(p, list) and len(p) == 2 for p in x) else {})
+        return {**out, **kwargs}
+    if is_dataclass(node.target):
+        return {**dict(zip([f.name for f in fields(node.target)], args)), **kwargs}
+    if len(args) == 1 and not kwargs and not _is_namedtuple(node.target):  # tuple([...]), list(x)
+        return args[0] if isinstance(args[0], list) else [args[0]]
+    return [*args, *kwargs.values()]
+
+
+def _is_namedtuple(cls: type) -> bool:
+    return issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
 def _opaque_reason(a: Analysis, node: fx.Node) -> str:
     if node.op != "call_module":
         return ""
@@ -210,12 +231,9 @@ def _opaque_reason(a: Analysis, node: fx.Node) -> str:
     return ""
 
 
-def _input_labels(a: Analysis, node: fx.Node) -> list[Labels | None]:
-    out: list[Labels | None] = []
-    for x in node.all_input_nodes:
-        v = a.values.get(x.name)
-        out.extend(v if isinstance(v, (list, tuple)) else [v])
-    return [v for v in out if isinstance(v, Labels)]
+def _input_labels(a: Analysis, node: fx.Node) -> list[Labels]:
+    """Every Labels the node's inputs carry, inside containers too."""
+    return [lab for x in node.all_input_nodes for lab in flat_labels(a.values.get(x.name))]
 
 
 def _get_attr_labels(a: Analysis, node: fx.Node) -> Labels | None:
@@ -236,11 +254,9 @@ def _freeze_outputs(a: Analysis) -> None:
 
 def _all_slots(a: Analysis):
     for name, v in a.values.items():
-        for i, lab in enumerate(v if isinstance(v, (list, tuple)) else [v]):
-            if isinstance(lab, Labels):
-                suffix = f"[{i}]" if isinstance(v, (list, tuple)) else ""
-                for d, arr in lab.dims.items():
-                    yield ChannelSlot("node", name + suffix, d), arr
+        for suffix, lab in flat_items(v):
+            for d, arr in lab.dims.items():
+                yield ChannelSlot("node", name + suffix, d), arr
     for q, per in a.params.items():
         for d, arr in per.items():
             yield ChannelSlot("param", q, d, a.roles.get((q, d), "pass")), arr

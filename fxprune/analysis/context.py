@@ -26,6 +26,26 @@ class MaskSite:
         return node.kwargs.get(self.arg) if isinstance(self.arg, str) else node.args[self.arg]
 
 
+def flat_labels(value: Any) -> list[Labels]:
+    """Every `Labels` inside a node's value: the value itself, or those nested in its lists, tuples and dicts
+    (a container the forward built: a tuple, an OrderedDict, a dataclass / ModelOutput)."""
+    if isinstance(value, Labels):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [lab for v in value for lab in flat_labels(v)]
+    if isinstance(value, dict):
+        return [lab for v in value.values() for lab in flat_labels(v)]
+    return []
+
+
+def flat_items(value: Any, path: str = "") -> list[tuple[str, Labels]]:
+    """(path, Labels) for every Labels in a value: "" for the value itself, "[0]", "['out']", "[1][0]" inside."""
+    if isinstance(value, Labels):
+        return [(path, value)]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return [x for k, v in items for x in flat_items(v, f"{path}[{k!r}]" if isinstance(k, str) else f"{path}[{k}]")]
+
+
 class NodeFacts(TypedDict, total=False):
     """What a rule learned about one node that the later stages (cost, masks, rewrite) need from it."""
 
@@ -62,6 +82,17 @@ class Analysis:
         if isinstance(arg, fx.Node):
             v = self.values.get(arg.name)
             return v if isinstance(v, Labels) else None
+        return None
+
+    def structure(self, arg: Any) -> Any:
+        """The value of an argument with its structure: a node's value, lists / tuples as lists and dicts as
+        dicts of their items' values, anything else None."""
+        if isinstance(arg, fx.Node):
+            return self.values.get(arg.name)
+        if isinstance(arg, (list, tuple)):
+            return [self.structure(x) for x in arg]
+        if isinstance(arg, dict):
+            return {k: self.structure(v) for k, v in arg.items()}
         return None
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch.fx as fx
 
-from fxprune.analysis.context import Analysis
+from fxprune.analysis.context import Analysis, flat_labels
 from fxprune.analysis.labels import Labels, same_labels
 
 
@@ -159,3 +159,18 @@ def _merged(a: Analysis, lab: Labels, ins: list[int], labelled: list[int], node:
         return np.broadcast_to(lab.dims[d].reshape(view), sizes).reshape(-1).copy()
     factors = [lab.dims[d] if d in lab.dims else np.full((lab.shape[d],), -1, dtype=np.int64) for d in ins]
     return a.product_atoms(factors, f"{node.name} merged dims")
+
+
+def item_of(a: Analysis, node: fx.Node, container: list | tuple | dict, key: Any) -> Any:
+    """`container[key]` of a container's value (a dict's by key, a list's or a ModelOutput's by position or
+    slice); a key fxprune cannot resolve freezes every channel inside instead of losing them."""
+    try:
+        if isinstance(container, dict):
+            return container[key] if not isinstance(key, (int, slice)) else list(container.values())[key]
+        if isinstance(key, (int, slice)):
+            return container[key]
+    except (KeyError, IndexError, TypeError):
+        pass
+    for lab in flat_labels(container):
+        a.freeze(lab, node, f"taken out of a container by {key!r}, which fxprune cannot follow")
+    return None

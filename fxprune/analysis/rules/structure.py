@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from fxprune.analysis.rules.common import arg, broadcast_unify, passthrough, pointwise
+from fxprune.analysis.rules.common import arg, broadcast_unify, item_of, passthrough, pointwise
 from fxprune.analysis.context import Analysis
 from fxprune.analysis.labels import Labels
 from fxprune.analysis.rules.masked import (build_masked_batch_norm_fn, build_masked_group_norm_fn, build_masked_layer_norm_fn,
@@ -186,8 +186,8 @@ def getitem_rule(a: Analysis, node: fx.Node) -> Any:
     v = a.values.get(src.name) if isinstance(src, fx.Node) else None
     if isinstance(v, ShapeInfo):
         return shape_item(a, node, v, idx)
-    if isinstance(v, (list, tuple)):
-        return v[idx] if isinstance(idx, int) else None
+    if isinstance(v, (list, tuple, dict)):
+        return item_of(a, node, v, idx)
     lab, out_shape = a.labels(src), a.shape(node)
     if out_shape is None:
         return None

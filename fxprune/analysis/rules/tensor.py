@@ -12,7 +12,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from fxprune.analysis.rules.common import arg, channelwise, nothing, passthrough, pointwise, reshape_labels
+from fxprune.analysis.rules.common import (arg, channelwise, item_of, nothing, passthrough, pointwise,
+                                          reshape_labels)
 from fxprune.analysis.context import Analysis
 from fxprune.analysis.labels import Labels
 from fxprune.analysis.rules.masked import build_masked_mean
@@ -99,7 +100,11 @@ def _shape_info(a: Analysis, x: Any) -> ShapeInfo | None:
 
 @register_rule(builtins.getattr)
 def getattr_rule(a: Analysis, node: fx.Node) -> Any:
-    return _shape_info(a, node.args[0]) if node.args[1] == "shape" else None
+    src, name = node.args[0], node.args[1]
+    v = a.values.get(src.name) if isinstance(src, fx.Node) else None
+    if isinstance(v, dict):  # a field of a dataclass / ModelOutput the forward built
+        return item_of(a, node, v, name)
+    return _shape_info(a, src) if name == "shape" else None
 
 
 @register_rule(M("size"), rewrite=rewrite_size_read)
