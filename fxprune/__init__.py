@@ -18,8 +18,8 @@ from fxprune.api import PruneOptions, apply_masks, apply_plan, prune, remove_mas
 from fxprune.cost.model import CostModel, count_flops, count_params
 from fxprune.deploy import Target, optimize
 from fxprune.deploy.export import export
-from fxprune.errors import (DeployParityError, ExportParityError, FxPruneError, PlanMismatchError, RunDirError,
-                            TraceError, UnsupportedOpError)
+from fxprune.errors import (DeployParityError, ExportParityError, FxPruneError, PlanFileError, PlanMismatchError,
+                            RunDirError, TraceError, UnsupportedOpError)
 from fxprune.methods import list_methods, register_method, register_search
 from fxprune.registry import Registry
 from fxprune.report.run_dir import load, load_run_info
@@ -31,7 +31,7 @@ compat.install()  # models saved before the stage-package layout name old module
 
 __all__ = [
     "ChannelGroup", "ChannelSlot", "CostModel", "DeployParityError", "ExportParityError", "FxPruneError",
-    "GraphAnalysis", "GroupDecision", "Keep", "PlanMismatchError", "PruneOptions", "PruneResult", "PruningPlan",
+    "GraphAnalysis", "GroupDecision", "Keep", "PlanFileError", "PlanMismatchError", "PruneOptions", "PruneResult", "PruningPlan",
     "Registry", "Report", "RunDirError", "Target", "TraceError", "UnsupportedOpError", "__version__", "analyse",
     "apply_masks", "apply_plan", "cost_model", "count_flops", "count_params", "export", "list_methods", "load",
     "load_run_info", "make_plan", "mask", "method_key", "optimize", "prepare", "prune", "register_fixer",

@@ -102,7 +102,7 @@ def prune(model: nn.Module, example_inputs: Any, *, method: str | MethodConfig =
     deployment = _deployment_target(opts.target, budget, opts.round_to, opts.device)
     budgets = step_budgets(budget, opts.steps, opts.step_schedule)
     check_data_options(data, finetune, opts.steps, backend.needs_data, method)
-    inputs = as_input_tuple(example_inputs)
+    inputs = as_input_tuple(example_inputs, allow_empty=bool(opts.example_kwargs))
     ga = prepare(model, inputs, strict=opts.strict, leaf_modules=opts.leaf_modules,
                  example_kwargs=opts.example_kwargs, copy_model=not opts.inplace)
     gm = ga.gm

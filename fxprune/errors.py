@@ -18,6 +18,10 @@ class PlanMismatchError(FxPruneError):
     """A PruningPlan was applied to a model whose graph differs from the one the plan was made for."""
 
 
+class PlanFileError(FxPruneError, ValueError):
+    """A plan file (or JSON text) is not a PruningPlan: invalid JSON, or fields a plan does not have."""
+
+
 class ExportParityError(FxPruneError):
     """An exported model does not compute what the torch module computes."""
 

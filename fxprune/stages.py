@@ -64,7 +64,7 @@ def prepare(model: nn.Module, example_inputs: Any, *, strict: bool = True, leaf_
             example_kwargs: dict | None = None, copy_model: bool = True) -> GraphAnalysis:
     """Trace and analyse `model`: the `GraphAnalysis` that `score`, `select`, `cost_model`, `mask`, `shrink`
     and `make_plan` accept (`ga.gm` is the traced copy; `copy_model=False` shares the caller's parameters)."""
-    inputs = tracer.as_input_tuple(example_inputs)
+    inputs = tracer.as_input_tuple(example_inputs, allow_empty=bool(example_kwargs))
     gm = trace(model, inputs, leaf_modules=leaf_modules, example_kwargs=example_kwargs, copy_model=copy_model)
     ga = run_analysis(gm, strict=strict, opaque=tuple(leaf_modules))
     ga.example_inputs, ga.example_kwargs = inputs, dict(example_kwargs or {})

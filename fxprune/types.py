@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from fxprune.errors import PlanFileError
 
 PLAN_FORMAT = 2  # 2: a search's record in `search` (format 1 kept it in method_options, under prefixed keys)
 
@@ -115,8 +117,21 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        """A plan from its dict form (the JSON's); a dict that is not one raises PlanFileError naming why."""
+        if not isinstance(data, dict):
+            raise PlanFileError(f"a plan is a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - known), [k for k in ("groups", "graph_signature") if k not in data]
+        if unknown or missing:
+            raise PlanFileError(
+                f"not a PruningPlan: {'unknown fields ' + ', '.join(unknown) if unknown else ''}"
+                f"{'; ' if unknown and missing else ''}{'missing ' + ', '.join(missing) if missing else ''} "
+                f"(a plan has {', '.join(sorted(known))}). Write plans with PruningPlan.save / fxprune prune --out.")
         data = dict(data)
-        data["groups"] = [GroupDecision(**g) for g in data.get("groups", [])]
+        try:
+            data["groups"] = [GroupDecision(**g) for g in data.get("groups", [])]
+        except TypeError as e:
+            raise PlanFileError(f"not a PruningPlan: a group must have id, size and keep ({e}).") from None
         if "search" not in data:  # format 1: the search's record is in method_options
             options = dict(data.get("method_options") or {})
             data["search"] = {LEGACY_SEARCH_KEYS[k]: options.pop(k) for k in list(options) if k in LEGACY_SEARCH_KEYS}
@@ -134,14 +149,24 @@ class PruningPlan:
 
     @classmethod
     def from_json(cls, text: str) -> PruningPlan:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanFileError(f"not a plan: invalid JSON at line {e.lineno}, column {e.colno} ({e.msg}).") from None
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
-        return cls.from_json(Path(path).read_text())
+        """The plan saved at `path`; PlanFileError naming the file when it holds no plan."""
+        try:
+            return cls.from_json(Path(path).read_text())
+        except PlanFileError as e:
+            raise PlanFileError(f"{path}: {e}") from None
+        except UnicodeDecodeError:
+            raise PlanFileError(f"{path}: not a plan: the file is not text (plans are JSON).") from None
 
     def keep_of(self, group_id: int) -> list[int]:
         return self.groups[group_id].keep

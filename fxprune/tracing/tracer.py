@@ -26,13 +26,18 @@ from fxprune.tracing.specialise import SpecialisingTracerMixin, on_meta
 
 
 
-def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise `example_inputs` (a tensor or a tuple/list of tensors) to a tuple, or raise TypeError."""
+def as_input_tuple(example_inputs: Any, allow_empty: bool = False) -> tuple[torch.Tensor, ...]:
+    """Normalise `example_inputs` (a tensor or a tuple/list of tensors) to a tuple, or raise TypeError. An
+    empty tuple is allowed when the inputs come as keywords (`allow_empty`: example_kwargs were given)."""
     items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(items, (tuple, list)) or not items:
+    if isinstance(items, (tuple, list)) and not items and not allow_empty:
+        raise TypeError("example_inputs is empty: pass the forward's positional inputs, e.g. torch.randn(1, 3, 224, "
+                        "224); a keyword-only forward (forward(self, *, image)) takes example_inputs=() and "
+                        "example_kwargs={'image': x}.")
+    if not isinstance(items, (tuple, list)):
         raise TypeError(
-            f"example_inputs must be a torch.Tensor or a non-empty tuple of tensors, got "
-            f"{type(example_inputs).__name__}. Pass e.g. torch.randn(1, 3, 224, 224).")
+            f"example_inputs must be a torch.Tensor or a tuple of tensors, got {type(example_inputs).__name__}. "
+            f"Pass e.g. torch.randn(1, 3, 224, 224).")
     for i, t in enumerate(items):
         if not isinstance(t, torch.Tensor):
             raise TypeError(
@@ -189,14 +194,15 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     >>> gm.graph.find_nodes(op="placeholder")[0].meta["fxprune_shape"]
     (1, 3, 64, 64)
     """
-    inputs = as_input_tuple(example_inputs)
+    inputs = as_input_tuple(example_inputs, allow_empty=bool(example_kwargs))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    model = unwrap(model)
     kwargs = example_kwargs or {}
     auto: dict[str, str] = {}  # submodule -> why it is an opaque leaf
     special: dict[str, str] = {}  # submodule -> why it is traced with concrete shapes
     while True:
-        root = copy.deepcopy(model) if copy_model else _structural_copy(model)
+        root = copy.deepcopy(model, _detached(model)) if copy_model else _structural_copy(model)
         tracer = LeafTracer(leaf_modules, frozenset(auto), frozenset(special), inputs, kwargs, has_rule)
         try:
             graph = tracer.trace(root, concrete_args=_unused_defaults(model, len(inputs), kwargs))
@@ -214,10 +220,49 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
     return gm
 
 
+# Wrappers whose own forward is not the model's: traced (and pruned) is the module they wrap.
+WRAPPERS: dict[str, str] = {"OptimizedModule": "_orig_mod",  # torch.compile(model)
+                            "DataParallel": "module", "DistributedDataParallel": "module"}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile / DataParallel / DistributedDataParallel wrappers (the model itself when
+    it is not wrapped). The slim model is the inner one: compile or wrap it again after pruning."""
+    while type(model).__name__ in WRAPPERS and isinstance(getattr(model, WRAPPERS[type(model).__name__], None),
+                                                           nn.Module):
+        model = getattr(model, WRAPPERS[type(model).__name__])
+    return model
+
+
+def _detached(model: nn.Module) -> dict[int, Any]:
+    """A deepcopy memo that copies the non-leaf tensors a module keeps in plain attributes (a cache filled by
+    a forward run with autograd on, e.g. timm's LeViT attention biases) as detached tensors: deepcopy refuses
+    tensors that are not graph leaves."""
+    memo: dict[int, Any] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None and id(value) not in memo:
+                memo[id(value)] = value.detach().clone()
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    for m in model.modules():
+        for name, value in vars(m).items():
+            if name not in ("_parameters", "_buffers", "_modules"):
+                visit(value)
+    return memo
+
+
 def _structural_copy(model: nn.Module) -> nn.Module:
     """Copy the module tree (so forward-time attribute writes, e.g. caches, stay off the caller's model)
     while sharing parameters and buffers (cheap; tracing never writes to them)."""
-    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo: dict[int, Any] = _detached(model)
+    memo.update({id(t): t for t in model.parameters()})
     memo.update({id(t): t for t in model.buffers()})
     return copy.deepcopy(model, memo)
 
