@@ -85,7 +85,7 @@ class LeafTracer(SpecialisingTracerMixin, fx.Tracer):
     def trace(self, root, concrete_args=None):  # noqa: ANN001 -- fx.Tracer's signature
         if isinstance(root, nn.Module) and self.specialise:  # same class, same code: specialise them all
             self.specialise_types = {type(root.get_submodule(p)) for p in self.specialise}
-        with _timm_wraps_without_rules_lifted(self.has_rule):
+        with _wraps_without_rules_lifted(self.has_rule):
             return super().trace(root, concrete_args)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
@@ -152,20 +152,27 @@ def _timm_notrace(with_rules: bool, has_rule: HasRule) -> tuple[list[type], list
     return pick(getattr(timm_fx, "_leaf_modules", ())), pick(getattr(timm_fx, "_autowrap_functions", ()))
 
 
+# torch.fx.wrap'ed functions that stay one node even without a rule: torch's own helpers and torchvision's
+# compiled ops (RoIAlign and friends), whose bodies call C++ operators with no channel rule either.
+KEEP_WRAPPED = ("torch.", "torchvision.ops.")
+
+
 @contextlib.contextmanager
-def _timm_wraps_without_rules_lifted(has_rule: HasRule) -> Iterator[None]:
-    """timm marks some functions with `torch.fx.wrap` (always one opaque call_function node). For those
-    fxprune has no rule for, trace through them instead: an opaque node would freeze every channel it
-    touches. (Shape-dependent code inside them is handled by the specialising fallback.)"""
+def _wraps_without_rules_lifted(has_rule: HasRule) -> Iterator[None]:
+    """Libraries mark some functions with `torch.fx.wrap` (always one opaque call_function node): timm's
+    notrace functions, torchvision's Swin3D attention and MViT helpers. For those fxprune has no rule for,
+    trace through them instead: an opaque node would stop the analysis at every channel it touches. (Shape-
+    dependent code inside them is handled by the specialising fallback.) The functions of `KEEP_WRAPPED`
+    modules stay wrapped."""
     from torch.fx import _symbolic_trace as st
 
     table = getattr(st, "_wrapped_fns_to_patch", None)
     lifted = {}
     if isinstance(table, dict):
-        unruled = {getattr(f, "__name__", None): f for f in _timm_notrace(False, has_rule)[1]}
         for key, frame_globals in list(table.items()):
-            fn = unruled.get(key[1])
-            if fn is not None and frame_globals.get(key[1]) is fn:
+            fn = frame_globals.get(key[1])
+            module = getattr(fn, "__module__", "") or ""
+            if fn is not None and not has_rule(fn) and not module.startswith(KEEP_WRAPPED):
                 lifted[key] = table.pop(key)
     try:
         yield
@@ -332,6 +339,12 @@ class _ShapeRecorder(fx.Interpreter):
         self.same_shape_types = tuple(k for k, v in types if v == SAME_SHAPE)
         self.no_flop_functions = {k for k in SHAPE_SHORTCUTS.keys() if not isinstance(k, type)}
 
+    def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
+        """The node's arguments with fx's immutable lists and dicts thawed: a wrapped function may mutate a list
+        it is given (torchvision's Swin3D `_get_window_and_shift_size` does), as it can when the module runs."""
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _thawed(args), _thawed(kwargs)
+
     def _may_have_flops(self, n: fx.Node) -> bool:
         if n.op == "call_module":
             return not isinstance(self.modules[n.target], self.no_flop_types)
@@ -361,6 +374,16 @@ class _ShapeRecorder(fx.Interpreter):
         out = super().run_node(n)
         meta.record(n, _shape_of(out), self.counter.get_total_flops() - before, _dtype(out))
         return out
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, fx.immutable_collections.immutable_list):
+        return [_thawed(v) for v in value]
+    if isinstance(value, fx.immutable_collections.immutable_dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_thawed(v) for v in value)
+    return value
 
 
 def _dtype(value: Any) -> torch.dtype | None:

@@ -19,6 +19,7 @@ from fxprune.analysis.labels import Labels
 from fxprune.analysis.rules.masked import build_masked_mean
 from fxprune.analysis.registry import method_key as M
 from fxprune.analysis.registry import register_rule
+from fxprune.tracing.meta import shape_of
 
 # --- element-wise -----------------------------------------------------------------------------
 _POINTWISE_FUNCS = [
@@ -334,6 +335,27 @@ def view_rule(a: Analysis, node: fx.Node) -> Labels | None:
                M("unsqueeze"), torch.unsqueeze, M("view_as"), M("reshape_as"), rewrite=None)
 def flatten_rule(a: Analysis, node: fx.Node) -> Labels | None:
     return reshape_labels(a, node, a.labels(node.args[0]), a.shape(node))
+
+
+def _unsqueeze_pair_rule(a: Analysis, node: fx.Node) -> list | None:
+    """torchvision MViT's fx-wrapped `_unsqueeze(x, target_dim, expand_dim) -> (x', x.dim())`: x' is x with
+    perhaps one dim inserted, so its labels follow as for a reshape."""
+    lab, shapes = a.labels(node.args[0]), shape_of(node)
+    out = shapes[0] if isinstance(shapes, list) and shapes and isinstance(shapes[0], tuple) else None
+    if out is None:
+        if lab:
+            a.freeze(lab, node, "an unsqueeze whose output shape was not recorded")
+        return None
+    return [reshape_labels(a, node, lab, out), None]
+
+
+try:
+    from torchvision.models.video import mvit as _mvit
+
+    register_rule(_mvit._unsqueeze)(_unsqueeze_pair_rule)
+    register_rule(_mvit._squeeze)(flatten_rule)
+except ImportError:  # pragma: no cover
+    pass
 
 
 @register_rule(M("repeat"), M("tile"), torch.tile)  # repeat counts, not sizes: channel dims keep count 1
