@@ -220,6 +220,7 @@ def trace(model: nn.Module, example_inputs: Any, *, leaf_modules: Sequence[type]
             if (not where and inside) or where in auto or len(auto) + len(special) >= MAX_FALLBACKS:
                 raise _trace_error(model, tracer, exc) from exc
             (auto if inside and where else special)[where] = _one_line(exc)
+    _name_baked_inputs(graph, {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)})
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta[meta.AUTO_LEAVES] = auto
     gm.meta[meta.SPECIALISED] = {k: v for k, v in special.items() if k not in auto}
@@ -276,7 +277,8 @@ def _structural_copy(model: nn.Module) -> nn.Module:
 
 def _unused_defaults(model: nn.Module, n_inputs: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """Forward parameters the caller does not pass keep their defaults in the graph (so `if y is None`
-    takes the branch the caller's call takes, instead of tracing `y` as a tensor)."""
+    takes the branch the caller's call takes, instead of tracing `y` as a tensor), and keyword inputs that are
+    not tensors (`num_flow_updates=12`, `return_dict=False`) are baked in as the constants they are."""
     import inspect
 
     try:
@@ -286,7 +288,21 @@ def _unused_defaults(model: nn.Module, n_inputs: int, kwargs: dict[str, Any]) ->
     fixed = {p.name: p.default for p in params[n_inputs:]
              if p.name not in kwargs and p.default is not inspect.Parameter.empty
              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    fixed.update({k: v for k, v in kwargs.items() if k in named and not isinstance(v, torch.Tensor)})
     return fixed or None
+
+
+def _name_baked_inputs(graph: fx.Graph, baked: dict[str, Any]) -> None:
+    """fx names the placeholder of a constant keyword input `name_1`, with the forward's default: give it back
+    its own name and the value it was traced with, so the pruned module is called as the model is
+    (`slim(a, b, num_flow_updates=2)`, or without it); fx's assert still refuses another value."""
+    for node in graph.nodes:
+        if node.op != "placeholder":
+            continue
+        name = node.target.rsplit("_", 1)[0] if node.target.rsplit("_", 1)[-1].isdigit() else node.target
+        if name in baked and name not in {n.target for n in graph.nodes if n.op == "placeholder"}:
+            node.target, node.args = name, (baked[name],)
 
 
 def _trace_error(model: nn.Module, tracer: LeafTracer, exc: Exception) -> TraceError:

@@ -133,6 +133,16 @@ register_rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3
               F.interpolate, F.upsample, F.lp_pool2d)(lambda a, node: channelwise(a, node, 1))
 
 
+@register_rule(F.grid_sample)
+def grid_sample_rule(a: Analysis, node: fx.Node) -> Labels | None:
+    """grid_sample(input, grid): every channel of the input is sampled at the grid's points on its own, so
+    channels pass along dim 1; the grid's last dim holds coordinates, never channels."""
+    grid = a.labels(arg(node, 1, "grid"))
+    if grid:
+        a.freeze(grid, node, "grid_sample's grid holds sampling coordinates")
+    return channelwise(a, node, 1)
+
+
 @register_rule(F.pad)
 def pad_rule(a: Analysis, node: fx.Node) -> Labels | None:
     """pad: channels on a dim whose size changes are frozen (passthrough does that)."""
