@@ -174,3 +174,46 @@ def test_setitem_and_tensor_attribute_expand_are_traced_and_pruned() -> None:
     res = fxprune.prune(m, x, ratio=0.5)
     assert res.model.qkv.out_features < 24  # head dims pruned through the in-place write
     assert_slim_equals_masked(m, x, res)
+
+
+@torch.fx.wrap
+def _scaled_by_mutating(x, sizes):
+    sizes[0] = sizes[0] * 1  # mutates the list it is given, as torchvision's Swin3D window helper does
+    return x * 2
+
+
+def test_a_wrapped_function_may_mutate_its_list_argument():
+    from fxprune.analysis.registry import OpRule
+    from fxprune.analysis.rules.common import pointwise
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.b(_scaled_by_mutating(self.a(x), [1, 2]))
+
+    x = torch.randn(1, 3, 8, 8)
+    with RULES.override(_scaled_by_mutating, OpRule(pointwise)):
+        res = fxprune.prune(M().eval(), x, ratio=0.5)
+    assert res.report.flops_ratio <= 0.5 and torch.isfinite(res.model(x)).all()
+
+
+def test_wrapped_functions_without_a_rule_are_traced_through():
+    """torch.fx.wrap'ed library functions with no rule become ordinary ops (their channels followed), while
+    torchvision.ops' stay one node."""
+    pytest.importorskip("torchvision")
+    from torchvision.models.video import swin_transformer
+
+    gm = fxprune.trace(torchvision_swin3d(), torch.randn(1, 3, 8, 32, 32))
+    targets = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    assert swin_transformer.shifted_window_attention_3d not in targets  # no rule: traced through
+    assert any(getattr(t, "__name__", "") == "linear" for t in targets)  # its projections are now ops of the graph
+
+
+def torchvision_swin3d():
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.get_model("swin3d_t", weights=None).eval()
