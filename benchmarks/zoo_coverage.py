@@ -2,14 +2,15 @@
 
 See docs/benchmarks.md (shared copy: /work/shared/docs/benchmarks.md). For every model of a model set
 (`torchvision`: every torchvision classification model up to 30 GMACs; `timm`: the 40 timm models of
-issue 3; `timm-extra`: 69 further timm models we picked to cover other families) at its default input
-size, with random weights (all-zero weights, e.g. zero-initialised classifiers, re-drawn from N(0, 0.02) so
+issue 3; `timm-extra`: 69 further timm models we picked to cover other families; `torchvision-tasks`: every
+torchvision segmentation, video, optical-flow and detection model, see `torchvision_task_models`) at its default
+input size, with random weights (all-zero weights, e.g. zero-initialised classifiers, re-drawn from N(0, 0.02) so
 that parity checks are not vacuous), eval mode, batch 1, each library runs in its own subprocess under a
 wall-clock and a memory limit,
 so a hang or a memory blow-up is recorded as a failure of that model instead of killing the sweep.
 
 fxprune checks (a model passes only if all five hold):
-  runs            slim model runs, output has the dense output's shape and is finite
+  runs            slim model runs, every output tensor has the dense output's shape and is finite
   flops           FLOPs (torch.utils.flop_counter) slim / dense <= 0.6
   masked_eq_slim  ||masked(x) - slim(x)|| / ||slim(x)|| <= 1e-4 (fp32)
   onnx            fxprune.export -> onnxruntime agrees with the slim torch model, rel. err <= 1e-3
@@ -17,12 +18,15 @@ fxprune checks (a model passes only if all five hold):
 B4: best of 3 `fxprune.analyse(model, x)` (trace + analysis).
 
 Torch-Pruning 1.6.1 (recipe of docs/benchmarks.md): GroupMagnitudeImportance(p=2), MetaPruner,
-pruning_ratio=0.5, local selection, classifier ignored, round_to=None. Checks: graph_build, forward
+pruning_ratio=0.5, local selection, classifier ignored (task models: every Linear / conv with the head's
+channel count -- 21 segmentation classes, 400 video classes, RAFT's 2 flow channels, 91 detection classes --
+as its torchvision script ignores the heads), round_to=None. Checks: graph_build, forward
 (pruned model runs with the original output shape -- TP's "pass"), onnx (torch.onnx.export -> onnxruntime,
 rel. err <= 1e-3). B4: best of 3 `tp.DependencyGraph().build_dependency(model, example_inputs=x)`.
 
 Usage:
-  python benchmarks/zoo_coverage.py [--set torchvision|timm|timm-extra] [--models a,b,c] [--lib fxprune,tp]
+  python benchmarks/zoo_coverage.py [--set torchvision|timm|timm-extra|torchvision-tasks] [--models a,b,c]
+                                    [--lib fxprune,tp]
                                     [--timeout 120] [--mem-gb 14] [--max-gmacs 30] [--out benchmarks/results]
   python benchmarks/zoo_coverage.py --report-only          # rebuild the .md from the .json
 Results: <out>/zoo_coverage.json (records merged by (set, model, lib): running one library keeps the other
@@ -76,6 +80,22 @@ class ModelSpec:
     name: str
     build: Callable[[], Any]  # returns an nn.Module with random weights
     input_size: int  # square H = W
+    shape: tuple[int, ...] = ()  # the input tensor's shape (default: 1 x 3 x input_size x input_size)
+    n_inputs: int = 1  # positional inputs of that shape (RAFT: two frames)
+    kwargs: tuple[tuple[str, Any], ...] = ()  # keyword inputs (RAFT: num_flow_updates)
+    image_list: bool = False  # the inputs go in as one list of images (detection models)
+    head_channels: int = 0  # output channels of the head layers TP is told to ignore (0: the logits' count)
+
+    def inputs(self, device: str | None = None) -> tuple:
+        import torch
+
+        shape = self.shape or (1, 3, self.input_size, self.input_size)
+        xs = [torch.randn(*shape) if device is None else torch.empty(*shape, device=device)
+              for _ in range(self.n_inputs)]
+        return ([x[0] for x in xs],) if self.image_list else tuple(xs)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        return dict(self.kwargs)
 
 
 def torchvision_models() -> list[ModelSpec]:
@@ -135,8 +155,32 @@ def _timm_specs(names: list[str]) -> list[ModelSpec]:
     return [ModelSpec(n, builder(n), size(n)) for n in names]
 
 
+def torchvision_task_models() -> list[ModelSpec]:
+    """Every torchvision model that is not a classifier: segmentation (21 classes), video (400 classes),
+    optical flow (RAFT, two 128x128 frames, 3 flow updates) and detection (two 320x320 images in a list, as
+    torchvision's detection models take them). Random weights, no backbone weights."""
+    import torchvision.models as tvm
+
+    def build(name: str, **kw: Any) -> Callable[[], Any]:
+        return lambda: tvm.get_model(name, weights=None, weights_backbone=None, **kw)
+
+    specs = [ModelSpec(n, build(n, num_classes=21), 224, head_channels=21)
+             for n in tvm.list_models(module=tvm.segmentation)]
+    for n in tvm.list_models(module=tvm.video):
+        size = (1, 3, 16, 224, 224) if n.startswith(("mvit", "s3d")) else (1, 3, 8, 112, 112)
+        specs.append(ModelSpec(n, lambda n=n: tvm.get_model(n, weights=None), size[-1], shape=size, head_channels=400))
+    for n in tvm.list_models(module=tvm.optical_flow):
+        specs.append(ModelSpec(n, lambda n=n: tvm.get_model(n, weights=None), 128, n_inputs=2, head_channels=2,
+                               kwargs=(("num_flow_updates", 3),)))
+    for n in tvm.list_models(module=tvm.detection):
+        specs.append(ModelSpec(n, build(n, num_classes=91) if "keypoint" not in n else build(n), 320, n_inputs=2,
+                               image_list=True, head_channels=91))
+    return specs
+
+
 MODEL_SETS: dict[str, Callable[[], list[ModelSpec]]] = {
     "torchvision": torchvision_models,
+    "torchvision-tasks": torchvision_task_models,
     "timm": lambda: _timm_specs(TIMM_MODELS),  # the list of issue 3
     "timm-extra": lambda: _timm_specs(TIMM_EXTRA_MODELS),
 }
@@ -273,31 +317,42 @@ def need(value: Any, what: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ measurements
-def first_tensor(out: Any):
+def leaves(out: Any) -> list:
+    """Every tensor of a model output (nested tuples, lists, dicts), in order."""
     import torch
 
     if isinstance(out, torch.Tensor):
-        return out
+        return [out]
     if isinstance(out, dict):
-        return first_tensor(next(iter(out.values())))
-    if isinstance(out, (tuple, list)):
-        return first_tensor(out[0])
-    raise TypeError(f"model output of type {type(out).__name__} holds no tensor")
+        out = list(out.values())
+    return [t for o in out for t in leaves(o)] if isinstance(out, (tuple, list)) else []
 
 
-def forward(model, x):
+def forward(model, inputs, kwargs=None) -> list:
+    """The output tensors of `model(*inputs, **kwargs)` (a tensor is a one-tuple of inputs)."""
     import torch
 
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     with torch.no_grad():
-        return first_tensor(model(x))
+        out = leaves(model(*inputs, **(kwargs or {})))
+    if not out:
+        raise TypeError("model output holds no tensor")
+    return out
 
 
 def rel_err(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    """||a - b|| / ||b|| over all output tensors (lists of equal length and shapes)."""
+    import torch
+
+    a, b = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
+    num = sum(float((x.detach().double() - y.detach().double()).pow(2).sum()) for x, y in zip(a, b))
+    den = sum(float(y.detach().double().pow(2).sum()) for y in b)
+    return float(torch.tensor(num).sqrt() / max(den ** 0.5, 1e-30))
 
 
-def count_flops(model, x) -> int:
+def count_flops(model, x, kwargs=None) -> int:
     """torch's FLOP formulas (fxprune.tracing.flops.FlopCounter: FlopCounterMode without the module tracker that
     crashes on some timm models), used for both libraries."""
     import torch
@@ -305,7 +360,7 @@ def count_flops(model, x) -> int:
     from fxprune.tracing.flops import FlopCounter
 
     with torch.no_grad(), FlopCounter() as counter:
-        model(x)
+        model(*(x if isinstance(x, tuple) else (x,)), **(kwargs or {}))
     return counter.get_total_flops()
 
 
@@ -332,8 +387,9 @@ def onnxruntime_output(path: Path, x):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feeds = {sess.get_inputs()[0].name: x.numpy()}
-    return torch.from_numpy(sess.run(None, feeds)[0])
+    xs = x if isinstance(x, tuple) else (x,)
+    feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), xs)}
+    return [torch.from_numpy(o) for o in sess.run(None, feeds)]
 
 
 def same_state(a, b) -> tuple[bool, str]:
@@ -350,12 +406,13 @@ def same_state(a, b) -> tuple[bool, str]:
 
 
 def output_check(out, dense_out) -> tuple[bool, float | None, str]:
-    """Original shape and finite; value = 1.0 if finite else 0.0."""
+    """Every output tensor has its original shape and is finite; value = 1.0 if finite else 0.0."""
     import torch
 
-    finite = bool(torch.isfinite(out).all())
-    shape_ok = tuple(out.shape) == tuple(dense_out.shape)
-    note = "" if shape_ok else f"shape {tuple(out.shape)} != {tuple(dense_out.shape)}"
+    finite = all(bool(torch.isfinite(t).all()) for t in out)
+    shapes, dense = [tuple(t.shape) for t in out], [tuple(t.shape) for t in dense_out]
+    shape_ok = shapes == dense
+    note = "" if shape_ok else f"shapes {shapes[:3]} != {dense[:3]}"
     note += "" if finite else (" " if note else "") + "non-finite output"
     return shape_ok and finite, float(finite), note
 
@@ -367,10 +424,10 @@ def prepare(spec: ModelSpec, rec: Record) -> SimpleNamespace:
 
     torch.manual_seed(0)
     model = randomise_zero_weights(spec.build().eval())
-    x = torch.randn(1, 3, spec.input_size, spec.input_size)
-    dense_out = forward(model, x)
-    ctx = SimpleNamespace(model=model, x=x, dense_out=dense_out, dense_flops=count_flops(model, x),
-                          dense_params=count_params(model))
+    x, kw = spec.inputs(), spec.call_kwargs()
+    dense_out = forward(model, x, kw)
+    ctx = SimpleNamespace(model=model, x=x, kw=kw, dense_out=dense_out, dense_flops=count_flops(model, x, kw),
+                          dense_params=count_params(model), head_channels=spec.head_channels)
     rec.dense_gmacs = ctx.dense_flops / 2e9
     rec.dense_params_m = ctx.dense_params / 1e6
     return ctx
@@ -390,7 +447,7 @@ def randomise_zero_weights(model):
 
 
 def shrink_ratios(rec: Record, ctx: SimpleNamespace, slim) -> None:
-    rec.flops_ratio = count_flops(slim, ctx.x) / max(ctx.dense_flops, 1)
+    rec.flops_ratio = count_flops(slim, ctx.x, ctx.kw) / max(ctx.dense_flops, 1)
     rec.params_ratio = count_params(slim) / max(ctx.dense_params, 1)
 
 
@@ -400,17 +457,17 @@ def run_fxprune(spec: ModelSpec, rec: Record, run: Runner, tmp: Path) -> None:
     fx = run.step("import", lambda: importlib.import_module("fxprune"))
 
     def analyse() -> None:
-        time_analysis(rec, lambda: need(fx, "import").analyse(ctx.model, ctx.x))
+        time_analysis(rec, lambda: need(fx, "import").analyse(ctx.model, ctx.x, example_kwargs=ctx.kw or None))
 
     def prune():
         t0 = time.perf_counter()
-        res = need(fx, "import").prune(ctx.model, ctx.x, method="l1", ratio=RATIO)
+        res = need(fx, "import").prune(ctx.model, ctx.x, method="l1", ratio=RATIO, example_kwargs=ctx.kw or None)
         rec.prune_s = time.perf_counter() - t0
         return res
 
     run.step("analyse", analyse)
     res = run.step("prune", prune)
-    slim_out = run.step("slim_forward", lambda: forward(need(res, "prune").model, ctx.x))
+    slim_out = run.step("slim_forward", lambda: forward(need(res, "prune").model, ctx.x, ctx.kw))
 
     def check_runs():
         return output_check(need(slim_out, "slim forward"), ctx.dense_out)
@@ -420,19 +477,19 @@ def run_fxprune(spec: ModelSpec, rec: Record, run: Runner, tmp: Path) -> None:
         return rec.flops_ratio <= MAX_FLOPS_RATIO, rec.flops_ratio, ""
 
     def check_masked():
-        masked = need(fx, "import").apply_masks(ctx.model, ctx.x, need(res, "prune").plan)
-        err = rel_err(forward(masked, ctx.x), need(slim_out, "slim forward"))
+        masked = need(fx, "import").apply_masks(ctx.model, ctx.x, need(res, "prune").plan, example_kwargs=ctx.kw or None)
+        err = rel_err(forward(masked, ctx.x, ctx.kw), need(slim_out, "slim forward"))
         return err <= MASKED_TOL, err, ""
 
     def check_onnx():
         path = tmp / "m.onnx"
-        need(fx, "import").export(need(res, "prune").model, ctx.x, path, check=False)
+        need(fx, "import").export(need(res, "prune").model, ctx.x if len(ctx.x) > 1 else ctx.x[0], path, check=False)
         err = rel_err(onnxruntime_output(path, ctx.x), need(slim_out, "slim forward"))
         return err <= ONNX_TOL, err, ""
 
     def check_caller():
         same, note = same_state(ctx.model, before)
-        diff = float((forward(ctx.model, ctx.x) - ctx.dense_out).abs().max())
+        diff = rel_err(forward(ctx.model, ctx.x, ctx.kw), ctx.dense_out)
         if diff != 0.0:
             note = (note + "; " if note else "") + "output changed"
         return same and diff == 0.0, diff, note
@@ -460,32 +517,36 @@ def run_tp(spec: ModelSpec, rec: Record, run: Runner, tmp: Path) -> None:
 
     ctx = prepare(spec, rec)
     model = copy.deepcopy(ctx.model)  # TP gets a copy
+    # one tensor; a list of images as one positional argument (detection); RAFT's frames and kwargs by name
+    tp_inputs = ctx.x if isinstance(ctx.x[0], list) else ctx.x[0] if len(ctx.x) == 1 else {
+        **dict(zip(("image1", "image2"), ctx.x)), **ctx.kw}
     tp = run.step("import", lambda: importlib.import_module("torch_pruning"))
 
     def check_build():
-        time_analysis(rec, lambda: need(tp, "import").DependencyGraph().build_dependency(model, example_inputs=ctx.x))
+        time_analysis(rec, lambda: need(tp, "import").DependencyGraph().build_dependency(model, example_inputs=tp_inputs))
         return True, rec.analysis_s, ""
 
     def prune():
         tp_ = need(tp, "import")
         t0 = time.perf_counter()
         pruner = tp_.pruner.MetaPruner(
-            model, ctx.x, importance=tp_.importance.GroupMagnitudeImportance(p=2), pruning_ratio=RATIO,
-            global_pruning=False, ignored_layers=classifier_layers(model, ctx.dense_out.shape[-1]), round_to=None)
+            model, tp_inputs, importance=tp_.importance.GroupMagnitudeImportance(p=2), pruning_ratio=RATIO,
+            global_pruning=False, ignored_layers=classifier_layers(model, ctx.head_channels or ctx.dense_out[0].shape[-1]),
+            round_to=None)
         pruner.step()
         rec.prune_s = time.perf_counter() - t0
         return model
 
     def check_forward():
-        out = forward(need(pruned, "prune"), ctx.x)
+        out = forward(need(pruned, "prune"), ctx.x, ctx.kw)
         _, finite, note = output_check(out, ctx.dense_out)
-        return tuple(out.shape) == tuple(ctx.dense_out.shape), finite, note  # TP's pass: shape only
+        return [t.shape for t in out] == [t.shape for t in ctx.dense_out], finite, note  # TP's pass: shape only
 
     def check_onnx():
         slim = need(pruned, "prune")
-        slim_out = forward(slim, ctx.x)
+        slim_out = forward(slim, ctx.x, ctx.kw)
         path = tmp / "m.onnx"
-        torch.onnx.export(slim, (ctx.x,), str(path))
+        torch.onnx.export(slim, ctx.x, str(path), kwargs=ctx.kw or None)
         err = rel_err(onnxruntime_output(path, ctx.x), slim_out)
         return err <= ONNX_TOL, err, ""
 
@@ -539,8 +600,7 @@ def measure_gmacs(spec: ModelSpec) -> float:
             model = spec.build().eval()
     except Exception:  # noqa: BLE001 -- e.g. regnet computes its widths with tensor ops at build time
         model = spec.build().eval().to("meta")
-    x = torch.empty(1, 3, spec.input_size, spec.input_size, device="meta")
-    return count_flops(model, x) / 2e9
+    return count_flops(model, spec.inputs(device="meta"), spec.call_kwargs()) / 2e9
 
 
 def _gmacs_or_unknown(spec: ModelSpec) -> float:

@@ -31,9 +31,9 @@ def as_input_tuple(example_inputs: Any, allow_empty: bool = False) -> tuple[torc
     empty tuple is allowed when the inputs come as keywords (`allow_empty`: example_kwargs were given)."""
     items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
     if isinstance(items, (tuple, list)) and not items and not allow_empty:
-        raise TypeError("example_inputs is empty: pass the forward's positional inputs, e.g. torch.randn(1, 3, 224, "
-                        "224); a keyword-only forward (forward(self, *, image)) takes example_inputs=() and "
-                        "example_kwargs={'image': x}.")
+        raise TypeError("example_inputs is empty: pass the forward's positional inputs (a torch.Tensor or a tuple "
+                        "of them, e.g. torch.randn(1, 3, 224, 224)); a keyword-only forward (forward(self, *, "
+                        "image)) takes example_inputs=() and example_kwargs={'image': x}.")
     if not isinstance(items, (tuple, list)):
         raise TypeError(
             f"example_inputs must be a torch.Tensor or a tuple of tensors, got {type(example_inputs).__name__}. "
@@ -152,18 +152,18 @@ def _timm_notrace(with_rules: bool, has_rule: HasRule) -> tuple[list[type], list
     return pick(getattr(timm_fx, "_leaf_modules", ())), pick(getattr(timm_fx, "_autowrap_functions", ()))
 
 
-# torch.fx.wrap'ed functions that stay one node even without a rule: torch's own helpers and torchvision's
-# compiled ops (RoIAlign and friends), whose bodies call C++ operators with no channel rule either.
-KEEP_WRAPPED = ("torch.", "torchvision.ops.")
+# Libraries whose torch.fx.wrap'ed functions are traced through when fxprune has no rule for them (they wrap
+# for their own tracing needs; the bodies are ordinary torch code). torchvision.ops (RoIAlign and friends) call
+# compiled operators and stay one node; so does a function the user wrapped (they register a rule for it).
+LIFT_WRAPPED = ("timm.", "torchvision.models.")
 
 
 @contextlib.contextmanager
 def _wraps_without_rules_lifted(has_rule: HasRule) -> Iterator[None]:
     """Libraries mark some functions with `torch.fx.wrap` (always one opaque call_function node): timm's
-    notrace functions, torchvision's Swin3D attention and MViT helpers. For those fxprune has no rule for,
-    trace through them instead: an opaque node would stop the analysis at every channel it touches. (Shape-
-    dependent code inside them is handled by the specialising fallback.) The functions of `KEEP_WRAPPED`
-    modules stay wrapped."""
+    notrace functions, torchvision's Swin3D attention and MViT helpers. For those of `LIFT_WRAPPED` libraries
+    fxprune has no rule for, trace through them instead: an opaque node would stop the analysis at every channel
+    it touches. (Shape-dependent code inside them is handled by the specialising fallback.)"""
     from torch.fx import _symbolic_trace as st
 
     table = getattr(st, "_wrapped_fns_to_patch", None)
@@ -172,7 +172,7 @@ def _wraps_without_rules_lifted(has_rule: HasRule) -> Iterator[None]:
         for key, frame_globals in list(table.items()):
             fn = frame_globals.get(key[1])
             module = getattr(fn, "__module__", "") or ""
-            if fn is not None and not has_rule(fn) and not module.startswith(KEEP_WRAPPED):
+            if fn is not None and not has_rule(fn) and module.startswith(LIFT_WRAPPED):
                 lifted[key] = table.pop(key)
     try:
         yield
