@@ -34,7 +34,6 @@ from fxprune.train.prune_steps import (accuracy, check_data_options, removed_cha
 from fxprune.types import PruneResult, PruningPlan, Report
 
 
-
 @dataclass
 class PruneOptions:
     """Everything `prune` takes besides the model, the method, the budget, the data and the fine-tune: how the
