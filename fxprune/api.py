@@ -29,8 +29,8 @@ from fxprune.selection.select import Budget, fits_at_minimum, repair, select
 from fxprune.stages import make_plan, prepare
 from fxprune.tracing.meta import total_flops
 from fxprune.tracing.tracer import as_input_tuple, propagate_shapes
-from fxprune.train.prune_steps import (accuracy, check_data_options, removed_channels, step_budgets, teacher_of,
-                                       train_masked, train_slim, training_device)
+from fxprune.train.prune_steps import (accuracy, check_data_options, step_budgets, teacher_of, train_masked,
+                                       train_slim, training_device)
 from fxprune.types import PruneResult, PruningPlan, Report
 
 
@@ -175,7 +175,7 @@ def _decide_steps(backend, inp: ScoreInput, budgets: list[Budget], cost: CostMod
         inp.keep, inp.step = keep, step
         t0 = time.perf_counter()
         found = decide(backend, inp, inp.ga, step_budget, cost, inp.round_to, ignored, scope,
-                       removed_channels(inp.ga, keep))
+                       keep.removed(inp.ga))
         keep = found.keep
         search_s += time.perf_counter() - t0
         if step < len(budgets) - 1:
@@ -276,7 +276,7 @@ def decide(backend, inp: ScoreInput, ga: GraphAnalysis, budget: Budget, cost: Co
     through `select`."""
     if backend.search is not None:
         found = as_search_result(backend.search(inp, budget, cost, ignored))
-        found.keep = repair(ga, found.keep, {})
+        found.keep = Keep(repair(ga, found.keep, {}))
         return found
     return SearchResult(select(ga, backend.score(inp), budget, cost, round_to, ignored, scope or backend.scope,
                                removed))

@@ -210,3 +210,22 @@ def test_torchvision_segmentation(name, aux, tmp_path):
         path = fxprune.export(res.model, x, tmp_path / "seg.onnx")  # checks parity itself
         ort = onnx_session_outputs(path, x)
         assert [tuple(o.shape) for o in ort] == [tuple(v.shape) for v in out.values()]
+
+
+def _graph_passing_a_dict_to(op: Any) -> torch.fx.GraphModule:
+    """conv -> OrderedDict({"out": conv}) -> `op(container)`: an op with a rule that reads tensors only."""
+    root = nn.Module()
+    root.a = nn.Conv2d(3, 8, 3, padding=1)
+    g = torch.fx.Graph()
+    r = g.call_function(collections.OrderedDict, ({"out": g.call_module("a", (g.placeholder("x"),))},))
+    g.output(g.call_function(op, (r,)))
+    return torch.fx.GraphModule(root, g)
+
+
+def test_a_dict_reaching_an_op_that_reads_tensors_is_refused_or_frozen():
+    gm = _graph_passing_a_dict_to(len)  # len has a rule (it reads sizes); here it would see no channels
+    propagate_shapes(gm, (X,), {})
+    with pytest.raises(UnsupportedOpError, match="container"):
+        run_analysis(gm, strict=True)
+    ga = run_analysis(gm, strict=False)
+    assert [g for g in ga if g.size == 8] and all(len(g.frozen) == 8 for g in ga if g.size == 8)

@@ -1,6 +1,8 @@
 """The analysis pass: propagate channel labels through the graph, then read off the channel groups."""
 from __future__ import annotations
 
+import builtins
+import operator
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -174,6 +176,7 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
         return _get_attr_labels(a, node)
     rule = rule_for_node(node, a.modules)
     if rule is not None:
+        _check_no_mapping_reaches(a, node)
         return rule.propagate(a, node)
     if node.op == "call_function" and isinstance(node.target, type) and (issubclass(
             node.target, (tuple, list, dict)) or is_dataclass(node.target)):
@@ -195,6 +198,27 @@ def _propagate(a: Analysis, node: fx.Node) -> Any:
     for lab in labelled:
         a.freeze(lab, node, f"no channel rule for {describe_target(node, a.modules)} (strict=False)")
     return None
+
+
+CONTAINER_OPS = (operator.getitem, builtins.getattr)  # the rules that read an item out of a container's value
+
+
+def _check_no_mapping_reaches(a: Analysis, node: fx.Node) -> None:
+    """A dict-like container (an OrderedDict, a dataclass the forward built) reaching an op whose rule reads
+    labels, not containers: that rule would see no channels, so it is refused, or frozen under strict=False."""
+    if node.op == "call_function" and node.target in CONTAINER_OPS:
+        return
+    inside = [lab for x in node.all_input_nodes if isinstance(a.values.get(x.name), dict)
+              for lab in flat_labels(a.values[x.name])]
+    if not inside:
+        return
+    if a.strict:
+        raise UnsupportedOpError(
+            f"node '{node.name}' ({describe_target(node, a.modules)}) receives a dict-like container that holds "
+            f"channels, and its rule reads tensors only. Take the item out first (x = out['key']), or pass "
+            f"strict=False to keep (freeze) every channel inside.")
+    for lab in inside:
+        a.freeze(lab, node, f"a container reaches {describe_target(node, a.modules)} (strict=False)")
 
 
 def _container(a: Analysis, node: fx.Node) -> Any:

@@ -48,11 +48,6 @@ def step_budgets(budget: Budget, steps: int, schedule: str = "linear") -> list[B
     return out
 
 
-def removed_channels(ga: GraphAnalysis, keep: Keep) -> dict[int, set[int]]:
-    """{group id: channels not in `keep`} for the groups `keep` decides."""
-    return {gid: set(range(ga.groups[gid].size)) - set(kept) for gid, kept in keep.items()}
-
-
 def check_data_options(data: Iterable | None, finetune: Any, steps: int, needs_data: bool, method: str) -> None:
     if finetune is not None:
         from fxprune.train import TrainConfig

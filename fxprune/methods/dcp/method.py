@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from fxprune.analysis.keep import Keep
-from fxprune.train.prune_steps import removed_channels
 from fxprune.rewrite.masks import insert_masks
 from fxprune.selection.select import select
 from fxprune.methods.dcp.heads import DEFAULT_HEADS, HeadedNet, head_points, make_heads, num_classes, train_with_heads
@@ -100,7 +99,7 @@ def dcp_search(inp: ScoreInput, budget, cost, ignored: set[int]) -> SearchResult
     o: DcpConfig = inp.config
     torch.manual_seed(o.seed)
     gm, ga = inp.gm, inp.ga
-    removed = removed_channels(ga, inp.keep)  # iterative pruning: what earlier rounds removed stays removed
+    removed = Keep(inp.keep).removed(ga)  # iterative pruning: what earlier rounds removed stays removed
     counts = target_counts(inp, budget, cost, ignored, removed)
     points = head_points(gm, o.dcp_heads)
     heads = make_heads(gm, points, num_classes(gm, inp.example_inputs), o.dcp_head_norm)
